@@ -1,19 +1,21 @@
-"""Command line: ``python -m skytwin [run | migrate]``.
+"""Command line: ``python -m skytwin [run | migrate | user …]``.
 
 Exit codes: 0 success or clean shutdown, 1 a fatal runtime error (one
-``skytwin.fatal`` log line says what), 2 bad usage or configuration.
+``skytwin.fatal`` log line, or an ``error:`` line for CLI commands, says what),
+2 bad usage or configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 import structlog
 import trio
 
-from . import __version__
+from . import __version__, cli_users
 from .app import AlreadyRunning, home_lock
 from .app import run as run_app
 from .config import ConfigError, Settings
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run the service (the default)")
     sub.add_parser("migrate", help="apply database migrations and exit")
+    cli_users.add_parsers(sub)
     return parser
 
 
@@ -44,30 +47,49 @@ def leaf_exception(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _migrate(settings: Settings) -> None:
-    async with open_database(settings, migrate=False) as pool:
+async def _migrate(settings: Settings, owner: bool) -> str:
+    async with open_database(settings, migrate=False, owner=owner) as pool:
         applied = await apply_migrations(pool)
     log.info("skytwin.migrated", applied=applied)
-    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
+
+
+async def _user(settings: Settings, owner: bool, args: argparse.Namespace) -> str:
+    async with open_database(settings, owner=owner) as pool:
+        return await cli_users.run_user_command(pool, settings, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     command = args.command or "run"
     try:
         settings = Settings.from_env()
+        cli_users.validate(args)
     except ConfigError as exc:
         print(f"skytwin: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format)
+    except cli_users.CliError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"skytwin: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    # One-shot commands answer on stdout; their log shows only what went wrong.
+    configure_logging(settings.log_format, level=logging.INFO if command == "run" else logging.WARNING)
 
     try:
-        with home_lock(settings.home):
-            if command == "migrate":
-                trio.run(_migrate, settings)
-            else:
+        if command == "run":
+            with home_lock(settings.home):
                 trio.run(run_app, settings)
+            return 0
+        # One-shot commands attach to the running service's database if there is one.
+        with home_lock(settings.home, required=False) as owner:
+            if command == "migrate":
+                output = trio.run(_migrate, settings, owner)
+            else:
+                output = trio.run(_user, settings, owner, args)
+        print(output)
+        return 0
     except AlreadyRunning as exc:
         log.error("skytwin.fatal", error=str(exc))
         return 1
@@ -77,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         if isinstance(leaf, SystemExit):
             raise leaf from None
+        if isinstance(leaf, cli_users.CliError):
+            print(f"skytwin: error: {leaf}", file=sys.stderr)
+            return leaf.exit_code
         log.error(
             "skytwin.fatal",
             error=f"{type(leaf).__name__}: {leaf}",
@@ -84,7 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             exc_info=not isinstance(leaf, (StoreError, OSError)),
         )
         return 1
-    return 0
 
 
 def _hint(exc: BaseException) -> str | None:

@@ -42,20 +42,28 @@ class AlreadyRunning(RuntimeError):
 
 
 @contextmanager
-def home_lock(home: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``home`` so two processes never share its database."""
+def home_lock(home: Path, *, required: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on ``home`` so two services never share its database.
+
+    Yields True when this process holds the lock. With ``required=False`` a
+    lock held elsewhere (the service is running) yields False instead of
+    raising: CLI commands then attach to the running service's database.
+    """
     home.mkdir(parents=True, exist_ok=True)
     fd = os.open(home / "skytwin.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise AlreadyRunning(
-                f"another SkyTwin process is running with SKYTWIN_HOME={home}"
-            ) from None
+            if required:
+                raise AlreadyRunning(
+                    f"another SkyTwin process is running with SKYTWIN_HOME={home}"
+                ) from None
+            yield False
+            return
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        yield True
     finally:
         os.close(fd)
 

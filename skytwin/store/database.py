@@ -45,13 +45,18 @@ def _describe(exc: BaseException) -> str:
 
 @asynccontextmanager
 async def open_database(
-    settings: Settings, *, pool_size: int = 10, migrate: bool = True
+    settings: Settings, *, pool_size: int = 10, migrate: bool = True, owner: bool = True
 ) -> AsyncIterator[Pool]:
-    """Start the embedded server if no URL is set, open the pool, apply migrations."""
+    """Start the embedded server if no URL is set, open the pool, apply migrations.
+
+    ``owner=False``: another process owns the embedded server; leave it running.
+    """
     async with AsyncExitStack() as stack:
         url = settings.database_url
         if url is None:
-            url = await stack.enter_async_context(embedded_postgres(settings.home))
+            url = await stack.enter_async_context(
+                embedded_postgres(settings.home, stop_on_exit=owner)
+            )
         pool = Pool(url, max_size=pool_size)
         stack.push_async_callback(pool.close)
         if migrate:

@@ -39,8 +39,12 @@ def _stop(server: Any) -> None:
 
 
 @asynccontextmanager
-async def embedded_postgres(home: Path) -> AsyncIterator[str]:
-    """Start (or reuse) the cluster under ``home``; yield its URL; stop it on exit."""
+async def embedded_postgres(home: Path, *, stop_on_exit: bool = True) -> AsyncIterator[str]:
+    """Start (or reuse) the cluster under ``home``; yield its URL; stop it on exit.
+
+    ``stop_on_exit=False`` attaches to a cluster that another SkyTwin process
+    owns (a CLI command run beside the service) and leaves it running.
+    """
     home.mkdir(parents=True, exist_ok=True)
     pgdata = home / "pgdata"
     try:
@@ -55,9 +59,10 @@ async def embedded_postgres(home: Path) -> AsyncIterator[str]:
     try:
         yield uri
     finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_stop, server)
-        log.info("skytwin.embedded_postgres_stopped", pgdata=str(pgdata))
+        if stop_on_exit:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_stop, server)
+            log.info("skytwin.embedded_postgres_stopped", pgdata=str(pgdata))
 
 
 def postmaster_pid(home: Path) -> int | None:

@@ -47,7 +47,10 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
-        return _json_error(exc.status, exc.message, **exc.details)
+        response = _json_error(exc.status, exc.message, **exc.details)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="skytwin"'
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

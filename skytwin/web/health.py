@@ -6,18 +6,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, jsonify
+from quart import Blueprint, Response, jsonify
 
 from .. import __version__
 from ..store import check_database
-from .state import CheckResult, WebState
+from .state import CheckResult, current_state
 
 blueprint = Blueprint("health", __name__)
 
 
-def _state() -> WebState:
-    state: WebState = current_app.config["SKYTWIN"]
-    return state
 
 
 @blueprint.get("/api/health/live")
@@ -28,7 +25,7 @@ async def live() -> Response:
 
 async def readiness() -> tuple[bool, dict[str, Any]]:
     """Run every readiness check under its own deadline; return (ok, body)."""
-    state = _state()
+    state = current_state()
     db = await check_database(state.pool, state.settings.db_check_timeout_s)
     checks: dict[str, str] = {"database": "ok" if db.ok else f"failing: {db.error}"}
     results: dict[str, CheckResult] = {}

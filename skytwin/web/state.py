@@ -37,3 +37,11 @@ class WebState:
     def uptime_s(self) -> float:
         """Seconds since the process started serving."""
         return round(trio.current_time() - self.started_at, 3)
+
+
+def current_state() -> WebState:
+    """The WebState of the app serving the current request."""
+    from quart import current_app
+
+    state: WebState = current_app.config["SKYTWIN"]
+    return state
