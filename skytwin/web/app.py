@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
-from . import health
+from . import health, signals_api
 from .errors import install_error_handlers
 from .state import WebState
 
@@ -17,4 +17,5 @@ def create_app(state: WebState) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     install_error_handlers(app)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(signals_api.blueprint)
     return app
