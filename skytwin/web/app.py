@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
-from . import health, signals_api
+from . import approvals_api, health, signals_api
 from .errors import install_error_handlers
 from .state import WebState
 
@@ -18,4 +18,5 @@ def create_app(state: WebState) -> QuartTrio:
     install_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(signals_api.blueprint)
+    app.register_blueprint(approvals_api.blueprint)
     return app

@@ -37,6 +37,13 @@ def _bearer_token() -> str:
     return token.strip()
 
 
+def bearer_token_or_none() -> str | None:
+    """The bearer token if an Authorization header was sent (401 if malformed)."""
+    if "Authorization" not in request.headers:
+        return None
+    return _bearer_token()
+
+
 def authenticated(
     handler: Callable[P, Awaitable[R]],
 ) -> Callable[P, Awaitable[R]]:

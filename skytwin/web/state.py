@@ -34,6 +34,21 @@ class WebState:
     # Later components (supervisors, …) add checks here; each must be quick.
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
 
+    # The executor's wake-up and completion signals (set by skytwin.app when it runs one).
+    executor_kick: trio.Event = field(default_factory=trio.Event)
+    # How long POST /respond waits for an approved action before answering 202.
+    respond_wait_s: float = 3.0
+    finished: dict[int, trio.Event] = field(default_factory=dict)
+
+    def kick_executor(self) -> None:
+        """Tell the executor there is new work (it also polls, so this is only a hint)."""
+        self.executor_kick.set()
+        self.executor_kick = trio.Event()
+
+    def report_finished(self, execution_id: int) -> None:
+        """Called by the executor when an execution's outcome is committed."""
+        self.finished.pop(execution_id, trio.Event()).set()
+
     def uptime_s(self) -> float:
         """Seconds since the process started serving."""
         return round(trio.current_time() - self.started_at, 3)
