@@ -4,9 +4,12 @@
 
     run(settings)
     └── database          embedded Postgres (if no URL) → pool → migrations
-        └── root nursery
-            ├── watch_signals      SIGINT/SIGTERM → graceful shutdown
-            └── web                Hypercorn serving the Quart-Trio app
+        └── google        one httpx client, per-API limits and retry budgets
+            └── root nursery
+                ├── watch_signals      SIGINT/SIGTERM → graceful shutdown
+                ├── users              Supervisor: one poll loop per connected account
+                ├── housekeeping       Supervisor: executor, expiry sweep, account discovery
+                └── web                Hypercorn serving the Quart-Trio app
 
 A second signal during shutdown cancels everything at once. A permanent
 service that dies takes the process down with one ``skytwin.fatal`` log line
@@ -24,12 +27,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 import trio
 
 from .config import Settings
+from .crypto import TokenCipher, load_or_create_key
+from .nursery import Supervisor, install_structlog_hook
+from .pipeline.executor import Executor
+from .pipeline.google import open_google
+from .pipeline.housekeeping import run_discovery, run_expiry_sweep
+from .pipeline.poller import Poller, PollSettings
 from .store import open_database
-from .web import WebState, create_app, serve_web
+from .store.connections import PgTokenRepository
+from .web import CheckResult, WebState, create_app, serve_web
+from .web.state import ReadinessCheck
 
 log = structlog.get_logger("skytwin.app")
 
@@ -90,16 +102,38 @@ async def run(
     settings: Settings,
     *,
     shutdown: trio.Event | None = None,
+    google_transport: httpx.AsyncBaseTransport | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run SkyTwin until ``shutdown`` is set (by a signal or the caller)."""
     shutdown = shutdown or trio.Event()
+    cipher = TokenCipher(load_or_create_key(settings.home, settings.secret_key))
+    install_structlog_hook()
     with trio.CancelScope() as everything:
-        async with open_database(settings) as pool:
+        async with open_database(settings) as pool, open_google(
+            settings, PgTokenRepository(pool, cipher), transport=google_transport
+        ) as google:
+            poller = Poller(pool, google, PollSettings(interval_s=settings.poll_interval_s))
+            users = Supervisor("users", shutdown_grace_s=settings.shutdown_grace_s)
+            housekeeping = Supervisor("housekeeping", shutdown_grace_s=settings.shutdown_grace_s)
+            state = WebState(settings=settings, pool=pool, cipher=cipher, poller=poller,
+                             supervisors=[users, housekeeping])
+            state.checks.update(supervisor_checks(users, housekeeping))
+            executor = Executor(
+                pool, poller, on_finished=state.report_finished, kicked=lambda: state.executor_kick
+            )
+
             async with trio.open_nursery() as nursery:
                 await nursery.start(watch_signals, shutdown, everything)
-
-                state = WebState(settings=settings, pool=pool)
+                await nursery.start(users.run)
+                await nursery.start(housekeeping.run)
+                await housekeeping.start_child("executor", executor.run)
+                await housekeeping.start_child("expiry-sweep", partial(run_expiry_sweep, pool))
+                await housekeeping.start_child(
+                    "discovery",
+                    partial(run_discovery, pool, poller, users,
+                            interval_s=settings.poll_interval_s),
+                )
                 web_done = trio.Event()
                 binds = await nursery.start(
                     _permanent, "web", web_done, shutdown,
@@ -110,12 +144,42 @@ async def run(
 
                 await shutdown.wait()
                 everything.deadline = trio.current_time() + SHUTDOWN_DEADLINE_S
-                # Hypercorn stops through its shutdown trigger and gives in-flight
-                # requests settings.shutdown_grace_s; we only bound the whole affair.
-                with trio.move_on_after(settings.shutdown_grace_s + 1):
-                    await web_done.wait()
+                # Web, housekeeping and the users' poll loops wind down side by side;
+                # each bounds its own grace (Hypercorn's graceful_timeout, the
+                # supervisors' shutdown_grace_s), SHUTDOWN_DEADLINE_S bounds them all.
+                async with trio.open_nursery() as stopping:
+                    stopping.start_soon(_stop_supervisors, housekeeping, users)
+                    stopping.start_soon(web_done.wait)
                 nursery.cancel_scope.cancel()
     log.info("skytwin.stopped")
+
+
+async def _stop_supervisors(housekeeping: Supervisor, users: Supervisor) -> None:
+    """Housekeeping first (discovery would start new pollers), then the users."""
+    await housekeeping.shutdown()
+    await users.shutdown()
+
+
+def supervisor_checks(*supervisors: Supervisor) -> dict[str, ReadinessCheck]:
+    """Readiness checks: a supervisor that escalated (gave up as a whole) is not ready.
+
+    One account's given-up task shows in its status, not here: one user's
+    Google outage must not take the instance out of rotation.
+    """
+
+    def check_for(supervisor: Supervisor) -> ReadinessCheck:
+        async def check() -> CheckResult:
+            await trio.lowlevel.checkpoint()
+            snapshot = supervisor.snapshot()
+            if snapshot.escalated:
+                return CheckResult(False, "supervisor gave up")
+            if not snapshot.running:
+                return CheckResult(False, "supervisor not running")
+            return CheckResult(True)
+
+        return check
+
+    return {s.name: check_for(s) for s in supervisors}
 
 
 async def _permanent(

@@ -223,7 +223,7 @@ async def claim_execution(conn: Connection, *, now: datetime) -> Execution | Non
         update executions set status = 'running', attempts = attempts + 1,
                               attempted_at = %(now)s, updated_at = %(now)s
         where id = (
-            select id from executions where status = 'pending'
+            select id from executions where status = 'pending' and not_before <= %(now)s
             order by id for update skip locked limit 1
         )
         returning {_EXEC_COLUMNS}
@@ -278,3 +278,20 @@ async def get_execution(conn: Connection, user_id: int, execution_id: int) -> Ex
     )
     row = await cur.fetchone()
     return Execution(**row) if row else None
+
+
+async def defer_execution(
+    conn: Connection, execution_id: int, *, error: str, delay_s: float, now: datetime
+) -> None:
+    """Hand a claimed execution back to the queue, not to be claimed for ``delay_s``."""
+    from datetime import timedelta
+
+    await conn.execute(
+        """
+        update executions set status = 'pending', error = %(error)s, updated_at = %(now)s,
+                              not_before = %(not_before)s
+        where id = %(id)s and status = 'running'
+        """,
+        {"error": error, "now": now, "not_before": now + timedelta(seconds=delay_s),
+         "id": execution_id},
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -33,6 +34,9 @@ class WebState:
     started_wall: float = field(default_factory=time.time)
     # Later components (supervisors, …) add checks here; each must be quick.
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    cipher: Any = None  # TokenCipher: seals OAuth tokens and PKCE verifiers
+    poller: Any = None  # Poller: per-account status for the dashboard
+    supervisors: list[Any] = field(default_factory=list)
 
     # The executor's wake-up and completion signals (set by skytwin.app when it runs one).
     executor_kick: trio.Event = field(default_factory=trio.Event)

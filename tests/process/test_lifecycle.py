@@ -27,7 +27,7 @@ def test_embedded_default_serves_health_and_sigterm_stops_everything(tmp_path: P
         assert st.get("/api/health/live").status_code == 200
         ready = st.get("/api/health/ready")
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"database": "ok"}
+        assert ready.json()["checks"] == {"database": "ok", "housekeeping": "ok", "users": "ok"}
         pg_pid = postmaster_pid(home)
         assert pg_pid is not None
 

@@ -1,0 +1,94 @@
+"""Housekeeping children: account discovery, approval expiry, decision retries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import partial
+
+import structlog
+import trio
+
+from ..nursery import Restart, Supervisor, stop_requested
+from ..store import Pool, StoreError, transaction
+from ..store import approvals as store_approvals
+from ..store.connections import Account, active_accounts
+from ..store.signals import retry_unprocessed
+from .poller import Poller
+
+log = structlog.get_logger("skytwin.housekeeping")
+
+
+def child_name(account: Account) -> str:
+    """The users supervisor's name for an account's poll task."""
+    return f"account:{account.connection_id}"
+
+
+async def sync_accounts(pool: Pool, poller: Poller, users: Supervisor) -> tuple[int, int]:
+    """Start a poll task per active account and remove the rest; return (started, removed)."""
+    async with pool.connection() as conn:
+        accounts = await active_accounts(conn)
+    wanted = {child_name(a): a for a in accounts}
+    removed = 0
+    for name in users.child_names():
+        if name not in wanted:
+            await users.remove_child(name)
+            poller.forget(int(name.split(":", 1)[1]))
+            removed += 1
+            log.info("skytwin.account_removed", child=name)
+    started = 0
+    for name, account in wanted.items():
+        if not users.has_child(name):
+            # Transient: a crash restarts it; returning (needs re-auth, stop) ends it.
+            await users.start_child(
+                name, partial(poller.poll_account, account), restart=Restart.TRANSIENT
+            )
+            started += 1
+    if started:
+        log.info("skytwin.accounts_started", started=started, total=len(wanted))
+    return started, removed
+
+
+async def run_discovery(
+    pool: Pool,
+    poller: Poller,
+    users: Supervisor,
+    *,
+    interval_s: float,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep the users supervisor's children equal to the connected accounts."""
+    stop = stop_requested()
+    task_status.started()
+    while not stop.is_set():
+        try:
+            await sync_accounts(pool, poller, users)
+        except StoreError as exc:
+            log.warning("skytwin.discovery_database_error", error=str(exc))
+        with trio.move_on_after(interval_s):
+            await stop.wait()
+
+
+async def run_expiry_sweep(
+    pool: Pool,
+    *,
+    interval_s: float = 60.0,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Every ``interval_s``: expire overdue approval requests, retry failed decisions."""
+    stop = stop_requested()
+    task_status.started()
+    while not stop.is_set():
+        with trio.move_on_after(interval_s):
+            await stop.wait()
+        if stop.is_set():
+            return
+        now = datetime.now(UTC)
+        try:
+            async with pool.connection() as conn:
+                expired = await store_approvals.expire_pending(conn, now=now)
+            retried = await transaction(pool, lambda conn: retry_unprocessed(conn, now=now))
+        except StoreError as exc:
+            log.warning("skytwin.sweep_database_error", error=str(exc))
+            continue
+        if expired or retried:
+            log.info("skytwin.sweep", expired=expired, decisions_retried=retried)

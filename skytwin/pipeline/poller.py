@@ -1,0 +1,292 @@
+"""The per-account poll loop: one supervised child per connected Google account.
+
+One cycle::
+
+    read cursors ─▶ breaker.permit() ─▶ Gmail ∥ Calendar ─▶ one transaction:
+                                                           signals + decisions + cursors
+
+What must stay true:
+
+* **Nothing lost, nothing doubled**: a cursor advances only in the transaction
+  that stores the signals it covers; duplicates are no-ops.
+* **Isolation**: every account has its own breaker, cycle deadline and task; a
+  failing account sleeps until its breaker may half-open and costs the others
+  nothing.
+* The breaker counts only Google's failures (and cycle timeouts while talking
+  to Google). A database outage is everyone's problem, not the account's: it
+  is logged and the cycle simply runs again on schedule.
+* Shutdown: a stop request is honoured between cycles; a cycle in flight when
+  the grace runs out is cancelled, and its cursor stays where it was.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+import trio
+
+from ..connectors.calendar import sync_calendar
+from ..connectors.errors import ConnectorError, NeedsReauthorization
+from ..connectors.gmail import sync_gmail
+from ..connectors.signals import Signal
+from ..nursery import Breaker, BreakerState, CircuitOpenError, stop_requested
+from ..nursery.events import describe_error
+from ..store import Pool, StoreError, transaction
+from ..store import connections as store_connections
+from ..store.connections import Account
+from ..store.pool import Connection
+from ..store.signals import ingest_signals
+from .google import Google
+
+log = structlog.get_logger("skytwin.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class PollSettings:
+    """How often and how long one account is polled."""
+
+    interval_s: float = 60.0
+    cycle_deadline_s: float = 120.0
+    jitter_fraction: float = 0.1  # each interval varies by ±10 % so accounts never align
+    breaker_failures: int = 3
+    breaker_open_s: float = 300.0
+    breaker_open_max_s: float = 1200.0
+    gmail_window_days: int = 7
+
+
+@dataclass
+class AccountStatus:
+    """What an operator (and the dashboard) should know about one account's polling."""
+
+    account: Account
+    breaker: Breaker
+    cycles_ok: int = 0
+    cycles_failed: int = 0
+    signals_new: int = 0
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    next_due: float | None = None
+    needs_reauth: bool = False
+    last_cycle_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fetched:
+    """What one cycle got from Google, waiting to be committed."""
+
+    signals: list[Signal] = field(default_factory=list)
+    cursors: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, ConnectorError] = field(default_factory=dict)
+
+
+class Poller:
+    """Polls every account it is given; shared state lives here, tasks are per account."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        google: Google,
+        settings: PollSettings,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.pool = pool
+        self.google = google
+        self.settings = settings
+        self.rng = rng or random.Random()
+        # Kept across child restarts: a crash must not reset an account's breaker.
+        self.statuses: dict[int, AccountStatus] = {}
+
+    def status_for(self, account: Account) -> AccountStatus:
+        """The account's status record, created on first use."""
+        status = self.statuses.get(account.connection_id)
+        if status is None:
+            s = self.settings
+            breaker = Breaker(
+                f"account:{account.connection_id}",
+                failure_threshold=s.breaker_failures,
+                open_s=s.breaker_open_s,
+                open_max_s=s.breaker_open_max_s,
+                failure_types=(ConnectorError, trio.TooSlowError),
+            )
+            status = AccountStatus(account=account, breaker=breaker)
+            self.statuses[account.connection_id] = status
+        return status
+
+    def forget(self, connection_id: int) -> None:
+        """Drop an account's status and cached tokens (it is gone)."""
+        self.statuses.pop(connection_id, None)
+        self.google.forget(connection_id)
+
+    # ---- the supervised child ----
+
+    async def poll_account(
+        self, account: Account, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Poll one account until asked to stop; restarted by the supervisor if it crashes."""
+        status = self.status_for(account)
+        stop = stop_requested()
+        structlog.contextvars.bind_contextvars(
+            user_id=account.user_id, connection_id=account.connection_id
+        )
+        task_status.started()
+        interval = self.settings.interval_s
+        # Spread first polls over one interval, so a restart doesn't poll everyone at once.
+        next_due = trio.current_time() + self.rng.uniform(0, interval)
+        while True:
+            status.next_due = next_due
+            if await _stopped_before(next_due, stop):
+                return
+            # An open breaker: sleep exactly until it may half-open (or until stop).
+            while (probe_at := _blocked_until(status.breaker)) is not None:
+                status.next_due = probe_at
+                if await _stopped_before(probe_at, stop):
+                    return
+            await self.cycle(account, status)
+            if status.needs_reauth:
+                return
+            jitter = self.rng.uniform(-1, 1) * self.settings.jitter_fraction * interval
+            next_due = max(next_due + interval + jitter, trio.current_time())
+
+    async def cycle(self, account: Account, status: AccountStatus) -> None:
+        """One poll of one account, bounded by the cycle deadline."""
+        started = trio.current_time()
+        try:
+            with trio.fail_after(self.settings.cycle_deadline_s):
+                async with self.pool.connection() as conn:
+                    cursors = await store_connections.get_cursors(conn, account.connection_id)
+                fetched = Fetched()
+                try:
+                    async with status.breaker.permit():
+                        fetched = await self.fetch(account, cursors)
+                        if fetched.errors:
+                            raise next(iter(fetched.errors.values()))
+                except CircuitOpenError:
+                    return
+                except ConnectorError as exc:
+                    await self._failed(account, status, exc, fetched)
+                finally:
+                    if fetched.cursors:
+                        await self.commit(account, status, fetched)
+        except trio.TooSlowError:
+            self._note_error(status, f"cycle exceeded its {self.settings.cycle_deadline_s:g} s deadline")
+            status.cycles_failed += 1
+            log.warning("skytwin.poll_timeout", deadline_s=self.settings.cycle_deadline_s)
+        except StoreError as exc:
+            # Not the account's fault: no breaker failure, just try again next cycle.
+            self._note_error(status, f"database: {exc}")
+            status.cycles_failed += 1
+            log.warning("skytwin.poll_database_error", error=str(exc))
+        else:
+            if not fetched.errors and fetched.cursors:
+                status.cycles_ok += 1
+                status.last_success_at = datetime.now(UTC)
+        finally:
+            status.last_cycle_s = trio.current_time() - started
+
+    async def fetch(self, account: Account, cursors: dict[str, str | None]) -> Fetched:
+        """Sync Gmail and Calendar concurrently; collect results and typed errors."""
+        tokens = self.google.tokens(account.connection_id)
+        fetched = Fetched()
+
+        async def gmail() -> None:
+            try:
+                result = await sync_gmail(
+                    self.google.gmail, tokens, cursors["gmail"],
+                    window_days=self.settings.gmail_window_days,
+                    limiter=self.google.fetch_limiter,
+                )
+            except ConnectorError as exc:
+                fetched.errors["gmail"] = exc
+                return
+            fetched.signals.extend(result.signals)
+            fetched.cursors["gmail"] = result.cursor
+
+        async def calendar() -> None:
+            try:
+                result = await sync_calendar(self.google.calendar, tokens, cursors["calendar"])
+            except ConnectorError as exc:
+                fetched.errors["calendar"] = exc
+                return
+            fetched.signals.extend(result.signals)
+            fetched.cursors["calendar"] = result.cursor
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gmail)
+            nursery.start_soon(calendar)
+        return fetched
+
+    async def commit(self, account: Account, status: AccountStatus, fetched: Fetched) -> None:
+        """Store the signals and advance the cursors in one transaction."""
+        now = datetime.now(UTC)
+
+        async def store(conn: Connection) -> int:
+            result = await ingest_signals(conn, account.user_id, fetched.signals, now=now)
+            for connector, cursor in fetched.cursors.items():
+                await store_connections.save_cursor(
+                    conn, account.connection_id, connector, cursor, now=now
+                )
+            return len(result.new_signal_ids)
+
+        new = await transaction(self.pool, store)
+        status.signals_new += new
+        if new:
+            log.info("skytwin.signals_ingested", new=new, connectors=sorted(fetched.cursors))
+
+    async def _failed(
+        self, account: Account, status: AccountStatus, exc: ConnectorError, fetched: Fetched
+    ) -> None:
+        status.cycles_failed += 1
+        self._note_error(status, describe_error(exc))
+        if isinstance(exc, NeedsReauthorization):
+            status.needs_reauth = True
+            log.warning("skytwin.account_needs_reauthorization", reason=exc.reason)
+        else:
+            log.warning(
+                "skytwin.poll_failed",
+                error_type=type(exc).__name__,
+                error=describe_error(exc),
+                breaker=status.breaker.state.value,
+            )
+        try:
+            async with self.pool.connection() as conn:
+                for connector, error in fetched.errors.items():
+                    await store_connections.record_connector_error(
+                        conn, account.connection_id, connector, describe_error(error),
+                        now=datetime.now(UTC),
+                    )
+        except StoreError:
+            pass  # the status record in memory still has it
+
+    @staticmethod
+    def _note_error(status: AccountStatus, message: str) -> None:
+        status.last_error = message
+        status.last_error_at = datetime.now(UTC)
+
+
+def _blocked_until(breaker: Breaker) -> float | None:
+    """The trio time until which ``breaker`` refuses permits, or None if it admits now."""
+    snapshot = breaker.snapshot()
+    if snapshot.state in (BreakerState.CLOSED, BreakerState.DISABLED):
+        return None
+    now = trio.current_time()
+    if snapshot.state is BreakerState.FORCED_OPEN:
+        return now + 60.0  # look again in a minute; an operator holds it open
+    if snapshot.next_probe_at is not None and snapshot.next_probe_at > now:
+        return snapshot.next_probe_at
+    if snapshot.state is BreakerState.HALF_OPEN and snapshot.probes_in_flight > 0:
+        return now + 1.0
+    return None
+
+
+async def _stopped_before(deadline: float, stop: trio.Event) -> bool:
+    """Sleep until ``deadline``; True if a stop was requested first."""
+    with trio.move_on_at(deadline):
+        await stop.wait()
+    return stop.is_set()
