@@ -1,4 +1,4 @@
-"""Command line: ``python -m skytwin [run | migrate | user …]``.
+"""Command line: ``python -m skytwin [run | migrate | user … | connect google …]``.
 
 Exit codes: 0 success or clean shutdown, 1 a fatal runtime error (one
 ``skytwin.fatal`` log line, or an ``error:`` line for CLI commands, says what),
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import structlog
 import trio
 
-from . import __version__, cli_users
+from . import __version__, cli_connect, cli_users
 from .app import AlreadyRunning, home_lock
 from .app import run as run_app
 from .config import ConfigError, Settings
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the service (the default)")
     sub.add_parser("migrate", help="apply database migrations and exit")
     cli_users.add_parsers(sub)
+    cli_connect.add_parsers(sub)
     return parser
 
 
@@ -57,6 +58,11 @@ async def _migrate(settings: Settings, owner: bool) -> str:
 async def _user(settings: Settings, owner: bool, args: argparse.Namespace) -> str:
     async with open_database(settings, owner=owner) as pool:
         return await cli_users.run_user_command(pool, settings, args)
+
+
+async def _connect(settings: Settings, owner: bool, args: argparse.Namespace) -> str:
+    async with open_database(settings, owner=owner) as pool:
+        return await cli_connect.run_connect(pool, settings, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with home_lock(settings.home, required=False) as owner:
             if command == "migrate":
                 output = trio.run(_migrate, settings, owner)
+            elif command == "connect":
+                output = trio.run(_connect, settings, owner, args)
             else:
                 output = trio.run(_user, settings, owner, args)
         print(output)

@@ -116,7 +116,7 @@ async def run(
             poller = Poller(pool, google, PollSettings(interval_s=settings.poll_interval_s))
             users = Supervisor("users", shutdown_grace_s=settings.shutdown_grace_s)
             housekeeping = Supervisor("housekeeping", shutdown_grace_s=settings.shutdown_grace_s)
-            state = WebState(settings=settings, pool=pool, cipher=cipher, poller=poller,
+            state = WebState(settings=settings, pool=pool, cipher=cipher, poller=poller, google=google,
                              supervisors=[users, housekeeping])
             state.checks.update(supervisor_checks(users, housekeeping))
             executor = Executor(

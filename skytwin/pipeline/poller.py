@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -95,11 +96,16 @@ class Poller:
         settings: PollSettings,
         *,
         rng: random.Random | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.pool = pool
         self.google = google
         self.settings = settings
         self.rng = rng or random.Random()
+        self.now = now
+        # Called after every cycle with (account, result, started, duration_s);
+        # metrics and tests listen here. result: ok | failed | timeout | database_error.
+        self.cycle_hooks: list[Callable[[Account, str, float, float], None]] = []
         # Kept across child restarts: a crash must not reset an account's breaker.
         self.statuses: dict[int, AccountStatus] = {}
 
@@ -154,9 +160,10 @@ class Poller:
             jitter = self.rng.uniform(-1, 1) * self.settings.jitter_fraction * interval
             next_due = max(next_due + interval + jitter, trio.current_time())
 
-    async def cycle(self, account: Account, status: AccountStatus) -> None:
-        """One poll of one account, bounded by the cycle deadline."""
+    async def cycle(self, account: Account, status: AccountStatus) -> str:
+        """One poll of one account, bounded by the cycle deadline; returns its result."""
         started = trio.current_time()
+        result = "failed"
         try:
             with trio.fail_after(self.settings.cycle_deadline_s):
                 async with self.pool.connection() as conn:
@@ -168,27 +175,37 @@ class Poller:
                         if fetched.errors:
                             raise next(iter(fetched.errors.values()))
                 except CircuitOpenError:
-                    return
+                    result = "skipped"
+                    return result
                 except ConnectorError as exc:
                     await self._failed(account, status, exc, fetched)
                 finally:
                     if fetched.cursors:
                         await self.commit(account, status, fetched)
         except trio.TooSlowError:
-            self._note_error(status, f"cycle exceeded its {self.settings.cycle_deadline_s:g} s deadline")
+            result = "timeout"
+            self._note_error(
+                status, f"cycle exceeded its {self.settings.cycle_deadline_s:g} s deadline"
+            )
             status.cycles_failed += 1
             log.warning("skytwin.poll_timeout", deadline_s=self.settings.cycle_deadline_s)
         except StoreError as exc:
             # Not the account's fault: no breaker failure, just try again next cycle.
+            result = "database_error"
             self._note_error(status, f"database: {exc}")
             status.cycles_failed += 1
             log.warning("skytwin.poll_database_error", error=str(exc))
         else:
-            if not fetched.errors and fetched.cursors:
+            if not fetched.errors:
+                result = "ok"
                 status.cycles_ok += 1
-                status.last_success_at = datetime.now(UTC)
+                status.last_success_at = self.now()
         finally:
-            status.last_cycle_s = trio.current_time() - started
+            duration = trio.current_time() - started
+            status.last_cycle_s = duration
+            for hook in self.cycle_hooks:
+                hook(account, result, started, duration)
+        return result
 
     async def fetch(self, account: Account, cursors: dict[str, str | None]) -> Fetched:
         """Sync Gmail and Calendar concurrently; collect results and typed errors."""
@@ -200,7 +217,7 @@ class Poller:
                 result = await sync_gmail(
                     self.google.gmail, tokens, cursors["gmail"],
                     window_days=self.settings.gmail_window_days,
-                    limiter=self.google.fetch_limiter,
+                    limiter=self.google.fetch_limiter, now=self.now,
                 )
             except ConnectorError as exc:
                 fetched.errors["gmail"] = exc
@@ -210,7 +227,9 @@ class Poller:
 
         async def calendar() -> None:
             try:
-                result = await sync_calendar(self.google.calendar, tokens, cursors["calendar"])
+                result = await sync_calendar(
+                    self.google.calendar, tokens, cursors["calendar"], now=self.now
+                )
             except ConnectorError as exc:
                 fetched.errors["calendar"] = exc
                 return
@@ -224,7 +243,7 @@ class Poller:
 
     async def commit(self, account: Account, status: AccountStatus, fetched: Fetched) -> None:
         """Store the signals and advance the cursors in one transaction."""
-        now = datetime.now(UTC)
+        now = self.now()
 
         async def store(conn: Connection) -> int:
             result = await ingest_signals(conn, account.user_id, fetched.signals, now=now)

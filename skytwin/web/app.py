@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
-from . import approvals_api, health, signals_api
+from . import approvals_api, health, oauth_routes, signals_api
 from .errors import install_error_handlers
 from .state import WebState
 
@@ -19,4 +19,5 @@ def create_app(state: WebState) -> QuartTrio:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(signals_api.blueprint)
     app.register_blueprint(approvals_api.blueprint)
+    app.register_blueprint(oauth_routes.blueprint)
     return app

@@ -35,6 +35,7 @@ class WebState:
     # Later components (supervisors, …) add checks here; each must be quick.
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     cipher: Any = None  # TokenCipher: seals OAuth tokens and PKCE verifiers
+    google: Any = None  # Google: the shared client, for connecting accounts
     poller: Any = None  # Poller: per-account status for the dashboard
     supervisors: list[Any] = field(default_factory=list)
 
