@@ -19,6 +19,7 @@ from . import __version__, cli_connect, cli_users
 from .app import AlreadyRunning, home_lock
 from .app import run as run_app
 from .config import ConfigError, Settings
+from .crypto import SecretKeyError, key_from_env
 from .logs import configure_logging
 from .store import StoreError, apply_migrations, open_database
 
@@ -72,8 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "run"
     try:
         settings = Settings.from_env()
+        if settings.secret_key is not None:
+            key_from_env(settings.secret_key)
         cli_users.validate(args)
-    except ConfigError as exc:
+    except (ConfigError, SecretKeyError) as exc:
         print(f"skytwin: configuration error: {exc}", file=sys.stderr)
         return 2
     except cli_users.CliError as exc:

@@ -8,8 +8,6 @@ an unknown state is closed).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,14 +63,9 @@ class Pool:
 
     # ---- acquire / release ----
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
+    def connection(self) -> _Lease:
         """Lend a connection for the block; raise PoolTimeout past the acquire deadline."""
-        conn = await self._acquire()
-        try:
-            yield conn
-        finally:
-            await self._release(conn)
+        return _Lease(self)
 
     async def _acquire(self) -> Connection:
         if self._closed:
@@ -162,3 +155,29 @@ class Pool:
         while self._idle:
             self._discard(self._idle.pop())
         await trio.lowlevel.checkpoint()
+
+
+class _Lease:
+    """``async with pool.connection() as conn``: borrow on entry, hand back on exit.
+
+    A class rather than ``@asynccontextmanager``: every borrow would otherwise
+    create an async generator, and Trio's async-generator hooks (first-iteration
+    registration in a WeakSet, finalisation) cost more than the borrow itself.
+    """
+
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        if self._conn is not None:
+            raise RuntimeError("this pool.connection() block is already in use")
+        self._conn = await self._pool._acquire()
+        return self._conn
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        conn, self._conn = self._conn, None
+        assert conn is not None
+        await self._pool._release(conn)
