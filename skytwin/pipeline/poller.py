@@ -22,6 +22,7 @@ What must stay true:
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from collections.abc import Callable
@@ -104,7 +105,8 @@ class Poller:
         self.rng = rng or random.Random()
         self.now = now
         # Called after every cycle with (account, result, started, duration_s);
-        # metrics and tests listen here. result: ok | failed | timeout | database_error.
+        # metrics and tests listen here. result: ok | failed | skipped | timeout |
+        # database_error | cancelled.
         self.cycle_hooks: list[Callable[[Account, str, float, float], None]] = []
         # Kept across child restarts: a crash must not reset an account's breaker.
         self.statuses: dict[int, AccountStatus] = {}
@@ -201,6 +203,8 @@ class Poller:
                 status.cycles_ok += 1
                 status.last_success_at = self.now()
         finally:
+            if _is_cancellation(sys.exc_info()[1]):
+                result = "cancelled"  # shutdown or removal; the cursor did not move
             duration = trio.current_time() - started
             status.last_cycle_s = duration
             for hook in self.cycle_hooks:
@@ -287,6 +291,15 @@ class Poller:
     def _note_error(status: AccountStatus, message: str) -> None:
         status.last_error = message
         status.last_error_at = datetime.now(UTC)
+
+
+def _is_cancellation(exc: BaseException | None) -> bool:
+    """True for trio.Cancelled, alone or in a group made only of it."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return False
 
 
 def _blocked_until(breaker: Breaker) -> float | None:

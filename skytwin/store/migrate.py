@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from importlib.abc import Traversable
 
 import psycopg
 import structlog
@@ -35,26 +36,45 @@ class Migration:
     sql_text: str
 
 
-def load_migrations() -> list[Migration]:
-    """The packaged migrations in version order; a malformed name is an error."""
-    found: list[Migration] = []
-    for entry in resources.files("skytwin.store").joinpath("migrations").iterdir():
-        if not entry.name.endswith(".sql"):
-            continue
-        match = _NAME.match(entry.name)
-        if match is None:
-            raise MigrationError(f"migration file name must be NNNN_name.sql: {entry.name}")
-        found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
+    """The migrations in ``directory`` (default: the packaged ones) in version order.
+
+    A malformed file name or a repeated version number is a MigrationError.
+    """
+    if directory is None:
+        directory = resources.files("skytwin.store").joinpath("migrations")
+    found = [
+        Migration(_version_of(entry.name), entry.name, entry.read_text("utf-8"))
+        for entry in directory.iterdir()
+        if entry.name.endswith(".sql")
+    ]
+    return _checked(found)
+
+
+def _version_of(name: str) -> int:
+    match = _NAME.match(name)
+    if match is None:
+        raise MigrationError(f"migration file name must be NNNN_name.sql: {name}")
+    return int(match.group(1))
+
+
+def _checked(migrations: list[Migration]) -> list[Migration]:
+    """``migrations`` in version order, each name well formed and matching its version."""
+    for migration in migrations:
+        if _version_of(migration.name) != migration.version:
+            raise MigrationError(
+                f"migration {migration.name} is numbered {migration.version}, not its file name"
+            )
+    ordered = sorted(migrations, key=lambda m: m.version)
+    versions = [m.version for m in ordered]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two migrations share a version number: {versions}")
-    return found
+    return ordered
 
 
 async def apply_migrations(pool: Pool, migrations: list[Migration] | None = None) -> list[str]:
     """Apply what is missing under the advisory lock; return the names applied."""
-    migrations = load_migrations() if migrations is None else migrations
+    migrations = load_migrations() if migrations is None else _checked(migrations)
     applied: list[str] = []
     async with pool.connection() as conn:
         await conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))

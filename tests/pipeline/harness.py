@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import trio
+from trio.testing import MockClock
 
 from skytwin.config import Settings
 from skytwin.connectors.oauth import StoredTokens
@@ -21,6 +22,7 @@ from skytwin.pipeline.google import Google, open_google
 from skytwin.pipeline.poller import Poller, PollSettings
 from skytwin.store import Pool, users
 from skytwin.store.connections import Account, PgTokenRepository, upsert_connection
+from tests.clocks import jump_when_idle
 from tests.fakegoogle.harness import served, virtual_now
 
 
@@ -60,7 +62,8 @@ class PipelineRig:
     def cycles_of(self, account: Account, result: str | None = None) -> list[Cycle]:
         """The cycles of one account (optionally only those with ``result``)."""
         return [
-            c for c in self.cycles
+            c
+            for c in self.cycles
             if c.connection_id == account.connection_id and (result is None or c.result == result)
         ]
 
@@ -93,8 +96,13 @@ def event_ids(stored: list[str]) -> list[str]:
 
 @asynccontextmanager
 async def pipeline_rig(
-    world: World, database_url: str, tmp_path: Path, *, settings: PollSettings | None = None,
-    seed: int = 7, **supervisor_options: Any,
+    world: World,
+    database_url: str,
+    tmp_path: Path,
+    *,
+    settings: PollSettings | None = None,
+    seed: int = 7,
+    **supervisor_options: Any,
 ) -> AsyncIterator[PipelineRig]:
     """Serve ``world``, open the store and the shared Google client, run a users supervisor."""
     import random
@@ -116,18 +124,25 @@ async def pipeline_rig(
             )
             async with open_google(app_settings, PgTokenRepository(pool, cipher)) as google:
                 poller = Poller(
-                    pool, google, settings or PollSettings(), rng=random.Random(seed),
+                    pool,
+                    google,
+                    settings or PollSettings(),
+                    rng=random.Random(seed),
                     now=virtual_now,
                 )
                 supervisor = Supervisor("users", rng=random.Random(seed), **supervisor_options)
-                rig = PipelineRig(world, pool, google, poller, supervisor, cipher,
-                                  transitions=transitions)
+                rig = PipelineRig(
+                    world, pool, google, poller, supervisor, cipher, transitions=transitions
+                )
                 poller.cycle_hooks.append(
                     lambda account, result, started, duration: rig.cycles.append(
                         Cycle(account.connection_id, result, started, duration)
                     )
                 )
                 async with trio.open_nursery() as nursery:
+                    clock = trio.lowlevel.current_clock()
+                    assert isinstance(clock, MockClock) and clock.autojump_threshold == math.inf
+                    nursery.start_soon(jump_when_idle, clock)
                     await nursery.start(supervisor.run)
                     try:
                         yield rig

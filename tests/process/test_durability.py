@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from skytwin.fakegoogle import World
-from tests.conftest import PgServer, start_embedded
+from tests.conftest import PgServer
 
 from .fake_google import FakeGoogleThread
 from .harness import start_skytwin, wait_for
@@ -40,8 +40,12 @@ def fake() -> Iterator[FakeGoogleThread]:
         thread.call(world.add_account, email)
         thread.call(world.add_message, email, sender="news@shop.example", subject="Newsletter")
         thread.call(
-            world.add_event, email, summary="Planning", organizer="lead@work.example",
-            start=now + timedelta(days=1), end=now + timedelta(days=1, hours=1),
+            world.add_event,
+            email,
+            summary="Planning",
+            organizer="lead@work.example",
+            start=now + timedelta(days=1),
+            end=now + timedelta(days=1, hours=1),
         )
     try:
         yield thread
@@ -54,7 +58,10 @@ def cli(home: Path, env: dict[str, str], *args: str) -> str:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKYTWIN_")}
     full_env.update({"SKYTWIN_HOME": str(home), **env})
     result = subprocess.run(
-        [sys.executable, "-m", "skytwin", *args], env=full_env, capture_output=True, text=True,
+        [sys.executable, "-m", "skytwin", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -66,8 +73,15 @@ def connect_accounts(home: Path, env: dict[str, str], fake: FakeGoogleThread) ->
     for email in EMAILS:
         cli(home, env, "user", "add", "--email", email, "--name", email.split("@")[0], "--json")
         refresh_token = fake.call(fake.world.issue_refresh_token, email)
-        out = cli(home, {**env, "SKYTWIN_REFRESH_TOKEN": refresh_token},
-                  "connect", "google", "--email", email, "--json")
+        out = cli(
+            home,
+            {**env, "SKYTWIN_REFRESH_TOKEN": refresh_token},
+            "connect",
+            "google",
+            "--email",
+            email,
+            "--json",
+        )
         assert json.loads(out)["account_email"] == email
 
 
@@ -87,12 +101,18 @@ class MailFlow:
             if n % 7 == 0:
                 start = datetime.now(UTC) + timedelta(days=2, minutes=n)
                 self.fake.call(
-                    self.fake.world.add_event, email, summary=f"Sync {n}",
-                    organizer="lead@work.example", start=start, end=start + timedelta(minutes=30),
+                    self.fake.world.add_event,
+                    email,
+                    summary=f"Sync {n}",
+                    organizer="lead@work.example",
+                    start=start,
+                    end=start + timedelta(minutes=30),
                 )
             else:
                 self.fake.call(
-                    self.fake.world.add_message, email, sender=f"s{n}@x.example",
+                    self.fake.world.add_message,
+                    email,
+                    sender=f"s{n}@x.example",
                     subject=f"Message {n}",
                 )
 
@@ -107,12 +127,16 @@ class MailFlow:
 
 def expected(fake: FakeGoogleThread) -> dict[str, tuple[list[str], list[str]]]:
     """Per account: (message ids, event ids) the fake holds."""
+
     def snapshot() -> dict[str, tuple[list[str], list[str]]]:
         return {
-            email: (sorted(fake.world.account(email).messages),
-                    sorted(fake.world.account(email).events))
+            email: (
+                sorted(fake.world.account(email).messages),
+                sorted(fake.world.account(email).events),
+            )
             for email in EMAILS
         }
+
     return fake.call(snapshot)
 
 
@@ -150,9 +174,7 @@ def delivered_exactly_once(database_url: str, fake: FakeGoogleThread) -> bool:
 
 def decisions_are_unique(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
-        dup = conn.execute(
-            "select count(*) - count(distinct signal_id) from decisions"
-        ).fetchone()
+        dup = conn.execute("select count(*) - count(distinct signal_id) from decisions").fetchone()
         assert dup == (0,)
 
 
@@ -160,8 +182,12 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     tmp_path: Path, database_url: str, fake: FakeGoogleThread
 ) -> None:
     home = tmp_path / "home"
-    env = {**fake.env(), "SKYTWIN_DATABASE_URL": database_url, "SKYTWIN_SECRET_KEY": SECRET,
-           "SKYTWIN_POLL_INTERVAL_S": "0.3"}
+    env = {
+        **fake.env(),
+        "SKYTWIN_DATABASE_URL": database_url,
+        "SKYTWIN_SECRET_KEY": SECRET,
+        "SKYTWIN_POLL_INTERVAL_S": "0.3",
+    }
     connect_accounts(home, env, fake)
     rng = random.Random(20261127)
     kills = 0
@@ -188,17 +214,6 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     assert fake.world.errors == []
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[PgServer]:
-    """A dedicated PostgreSQL this test may stop and start."""
-    pgdata = tmp_path / "pgdata"
-    server = start_embedded(pgdata)
-    try:
-        yield PgServer(server, pgdata)
-    finally:
-        server.stop()
-
-
 def test_database_outage_mid_run_recovers_without_a_crash_loop(
     tmp_path: Path, own_server: PgServer, fake: FakeGoogleThread
 ) -> None:
@@ -206,8 +221,12 @@ def test_database_outage_mid_run_recovers_without_a_crash_loop(
         conn.execute("create database skytwin")
     database_url = own_server.url("skytwin")
     home = tmp_path / "home"
-    env = {**fake.env(), "SKYTWIN_DATABASE_URL": database_url, "SKYTWIN_SECRET_KEY": SECRET,
-           "SKYTWIN_POLL_INTERVAL_S": "0.3"}
+    env = {
+        **fake.env(),
+        "SKYTWIN_DATABASE_URL": database_url,
+        "SKYTWIN_SECRET_KEY": SECRET,
+        "SKYTWIN_POLL_INTERVAL_S": "0.3",
+    }
     connect_accounts(home, env, fake)
     st = start_skytwin(home, env=env)
     try:

@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from skytwin.store.embedded import postmaster_pid
-from tests.conftest import PgServer, start_embedded
+from tests.conftest import PgServer
 
 from .harness import pids_with_cmdline, start_skytwin, wait_for
 
@@ -66,20 +65,6 @@ def test_two_processes_cannot_share_a_home(tmp_path: Path) -> None:
         assert "another SkyTwin process is running" in fatal["error"]
     finally:
         first.stop()
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[PgServer]:
-    """A dedicated PostgreSQL this test may freeze and stop."""
-    pgdata = tmp_path / "pgdata"
-    server = start_embedded(pgdata)
-    pg = PgServer(server, pgdata)
-    try:
-        yield pg
-    finally:
-        for pid in pids_with_cmdline(str(pgdata)):
-            os.kill(pid, signal.SIGCONT)
-        server.stop()
 
 
 def _server_pids(pg: PgServer) -> list[int]:

@@ -92,7 +92,9 @@ async def test_one_failing_signal_is_recorded_and_the_rest_proceed(pool: Pool, m
         )
         rows = await cur.fetchall()
     assert [(r["external_id"], r["done"], r["process_attempts"]) for r in rows] == [
-        ("m1", True, 0), ("m2", False, 1), ("m3", True, 0),
+        ("m1", True, 0),
+        ("m2", False, 1),
+        ("m3", True, 0),
     ]
     assert "CheckViolation" in rows[1]["process_error"]
 

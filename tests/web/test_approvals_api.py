@@ -18,7 +18,11 @@ NEWSLETTER = {
 
 async def make_request(api: Api, token: str, external_id: str = "m-1") -> int:
     async with api.client(token) as client:
-        body = {**NEWSLETTER, "id": external_id, "data": {**NEWSLETTER["data"], "messageId": external_id}}
+        body = {
+            **NEWSLETTER,
+            "id": external_id,
+            "data": {**NEWSLETTER["data"], "messageId": external_id},
+        }
         response = await client.post("/api/events/ingest", json=body)
     approval_id = response.json()["decision"]["approval_id"]
     assert isinstance(approval_id, int)
@@ -34,7 +38,9 @@ async def test_fifty_concurrent_approvals_make_exactly_one_execution(api: Api) -
     async with api.client(token) as client:
 
         async def approve() -> None:
-            r = await client.post(f"/api/approvals/{approval_id}/respond", json={"action": "approve"})
+            r = await client.post(
+                f"/api/approvals/{approval_id}/respond", json={"action": "approve"}
+            )
             statuses.append(r.status_code)
             bodies.append(r.json())
 
@@ -59,7 +65,9 @@ async def test_approve_after_reject_is_409(api: Api) -> None:
         rejected = await client.post(
             f"/api/approvals/{approval_id}/respond", json={"action": "reject", "reason": "keep it"}
         )
-        late = await client.post(f"/api/approvals/{approval_id}/respond", json={"action": "approve"})
+        late = await client.post(
+            f"/api/approvals/{approval_id}/respond", json={"action": "approve"}
+        )
         history = (await client.get("/api/approvals/history")).json()["approvals"]
     assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
     assert late.status_code == 409
@@ -81,7 +89,9 @@ async def test_expired_request_is_410_and_shows_in_history(api: Api) -> None:
             (datetime.now(UTC) - timedelta(seconds=1), approval_id),
         )
     async with api.client(token) as client:
-        response = await client.post(f"/api/approvals/{approval_id}/respond", json={"action": "approve"})
+        response = await client.post(
+            f"/api/approvals/{approval_id}/respond", json={"action": "approve"}
+        )
         pending = (await client.get("/api/approvals/pending")).json()["approvals"]
         history = (await client.get("/api/approvals/history")).json()["approvals"]
     assert response.status_code == 410
@@ -94,7 +104,9 @@ async def test_another_users_request_is_404_and_unknown_is_404(api: Api) -> None
     _, bob = await api.new_user("bob@example.com")
     approval_id = await make_request(api, ann)
     async with api.client(bob) as client:
-        theirs = await client.post(f"/api/approvals/{approval_id}/respond", json={"action": "approve"})
+        theirs = await client.post(
+            f"/api/approvals/{approval_id}/respond", json={"action": "approve"}
+        )
         missing = await client.post("/api/approvals/999999/respond", json={"action": "approve"})
         listed = (await client.get("/api/approvals/pending")).json()["approvals"]
     assert theirs.status_code == 404 and missing.status_code == 404
@@ -106,7 +118,9 @@ async def test_no_token_is_401(api: Api) -> None:
     _, ann = await api.new_user("ann@example.com")
     approval_id = await make_request(api, ann)
     async with api.client() as client:
-        response = await client.post(f"/api/approvals/{approval_id}/respond", json={"action": "approve"})
+        response = await client.post(
+            f"/api/approvals/{approval_id}/respond", json={"action": "approve"}
+        )
         pending = await client.get("/api/approvals/pending")
     assert response.status_code == 401 and pending.status_code == 401
 
@@ -115,10 +129,15 @@ async def test_bad_respond_bodies_name_the_field(api: Api) -> None:
     _, token = await api.new_user("ann@example.com")
     approval_id = await make_request(api, token)
     async with api.client(token) as client:
-        bad = await client.post(f"/api/approvals/{approval_id}/respond", json={"action": "maybe", "user_id": 2})
+        bad = await client.post(
+            f"/api/approvals/{approval_id}/respond", json={"action": "maybe", "user_id": 2}
+        )
         empty = await client.post(f"/api/approvals/{approval_id}/respond", json={})
     assert bad.status_code == 400
-    assert bad.json()["fields"] == {"action": "must be 'approve' or 'reject'", "user_id": "is not a known field"}
+    assert bad.json()["fields"] == {
+        "action": "must be 'approve' or 'reject'",
+        "user_id": "is not a known field",
+    }
     assert empty.status_code == 400
 
 
@@ -127,7 +146,11 @@ async def test_pending_items_carry_action_params_reason_urgency_expiry_and_signa
     ids = [await make_request(api, token, f"m-{n}") for n in range(3)]
     async with api.client(token) as client:
         page1 = (await client.get("/api/approvals/pending", params={"limit": 2})).json()
-        page2 = (await client.get("/api/approvals/pending", params={"limit": 2, "cursor": page1["next_cursor"]})).json()
+        page2 = (
+            await client.get(
+                "/api/approvals/pending", params={"limit": 2, "cursor": page1["next_cursor"]}
+            )
+        ).json()
     items = page1["approvals"] + page2["approvals"]
     assert [i["id"] for i in items] == ids[::-1]
     assert page2["next_cursor"] is None

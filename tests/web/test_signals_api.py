@@ -92,12 +92,21 @@ async def test_ingest_names_every_bad_field(api: Api) -> None:
     }
     async with api.client(token) as client:
         response = await client.post("/api/events/ingest", json=bad)
-        not_json = await client.post("/api/events/ingest", content=b"{", headers={"Content-Type": "application/json"})
+        not_json = await client.post(
+            "/api/events/ingest", content=b"{", headers={"Content-Type": "application/json"}
+        )
         not_object = await client.post("/api/events/ingest", json=[INVITE])
         wrong_type = await client.post("/api/events/ingest", content=b"source=x")
     assert response.status_code == 400
     assert response.json()["error"] == "invalid request"
-    assert set(response.json()["fields"]) == {"source", "id", "type", "occurred_at", "data", "user_id"}
+    assert set(response.json()["fields"]) == {
+        "source",
+        "id",
+        "type",
+        "occurred_at",
+        "data",
+        "user_id",
+    }
     assert response.json()["fields"]["id"] == "is required"
     assert not_json.status_code == 400 and not_object.status_code == 400
     assert wrong_type.status_code == 415
@@ -131,6 +140,15 @@ async def test_signals_are_the_callers_own_newest_first_and_paginated(api: Api) 
         too_many = await client.get("/api/signals", params={"limit": "501"})
         bad_cursor = await client.get("/api/signals", params={"cursor": "abc"})
     assert seen == [f"evt-{n}" for n in (4, 3, 2, 1, 0)]
-    assert first is not None and set(first) == {"id", "source", "type", "external_id", "occurred_at", "data"}
-    assert too_many.status_code == 400 and too_many.json()["fields"] == {"limit": "must be between 1 and 500"}
+    assert first is not None and set(first) == {
+        "id",
+        "source",
+        "type",
+        "external_id",
+        "occurred_at",
+        "data",
+    }
+    assert too_many.status_code == 400 and too_many.json()["fields"] == {
+        "limit": "must be between 1 and 500"
+    }
     assert bad_cursor.status_code == 400
