@@ -6,8 +6,9 @@ Run: ``.venv/bin/python bench/primitives.py`` (``--quick`` for a short smoke run
 Method. Every figure is an *overhead*: the time per call of the wrapped form minus the
 time per call of the bare form, measured back to back in the same loop (trio, asyncio
 or plain sync for pybreaker) so loop costs cancel. Each scenario is sampled REPS times
-(bare and wrapped alternate, order flipped every rep, ~20 ms per sample) and the median
-per-rep overhead is reported. The wrapped call is a trivial ``async def op(): return 1``.
+(~20 ms per rep, in which bare and wrapped alternate in 10 chunks so noise from other
+processes hits both) and the median per-rep overhead is reported. The wrapped call is
+a trivial ``async def op(): return 1``.
 
 - ``wrapped_call_overhead_us``: ours, ``async with breaker.permit(): await retry_call(op)``.
 - ``open_reject_overhead_us``: ours, a call refused by an open breaker (enter ``permit()``,
@@ -62,24 +63,10 @@ def op_sync() -> int:
 # ---- timing ------------------------------------------------------------------------
 
 
-async def _time_async(loop: Loop, n: int) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    await loop(n)
-    return (time.perf_counter() - start) / n * 1e6
+CHUNKS = 10  # bare and wrapped alternate in chunks within each sample
 
 
-async def overhead_async(bare: Loop, wrapped: Loop) -> dict[str, float]:
-    """Median of per-rep (wrapped - bare) in microseconds, plus the medians of each."""
-    probe = max(await _time_async(wrapped, 200), 0.05)
-    n = max(500, int(SAMPLE_S * 1e6 / probe))
-    await _time_async(bare, n // 10 + 1)  # warm up both paths
-    await _time_async(wrapped, n // 10 + 1)
-    bares, wraps = [], []
-    for rep in range(REPS):
-        pair = [(bares, bare), (wraps, wrapped)]
-        for sink, loop in pair if rep % 2 == 0 else reversed(pair):
-            sink.append(await _time_async(loop, n))
+def _summary(bares: list[float], wraps: list[float], n: int) -> dict[str, float]:
     overheads = [w - b for w, b in zip(wraps, bares, strict=True)]
     return {
         "overhead_us": statistics.median(overheads),
@@ -89,31 +76,58 @@ async def overhead_async(bare: Loop, wrapped: Loop) -> dict[str, float]:
     }
 
 
+async def _time_async(loop: Loop, n: int) -> float:
+    start = time.perf_counter()
+    await loop(n)
+    return time.perf_counter() - start
+
+
+async def overhead_async(bare: Loop, wrapped: Loop) -> dict[str, float]:
+    """Median of per-rep (wrapped - bare) in microseconds, plus the medians of each.
+
+    Within a rep, bare and wrapped run in alternating chunks, so a burst of noise
+    from other processes lands on both sides instead of skewing one of them.
+    """
+    probe = max(await _time_async(wrapped, 200) / 200 * 1e6, 0.05)
+    chunk = max(50, int(SAMPLE_S * 1e6 / probe / CHUNKS))
+    await _time_async(bare, chunk)  # warm up both paths
+    await _time_async(wrapped, chunk)
+    bares, wraps = [], []
+    for rep in range(REPS):
+        gc.collect()
+        spent = {bare: 0.0, wrapped: 0.0}
+        for i in range(CHUNKS):
+            order = (bare, wrapped) if (rep + i) % 2 == 0 else (wrapped, bare)
+            for loop in order:
+                spent[loop] += await _time_async(loop, chunk)
+        bares.append(spent[bare] / (chunk * CHUNKS) * 1e6)
+        wraps.append(spent[wrapped] / (chunk * CHUNKS) * 1e6)
+    return _summary(bares, wraps, chunk * CHUNKS)
+
+
 def _time_sync(loop: SyncLoop, n: int) -> float:
-    gc.collect()
     start = time.perf_counter()
     loop(n)
-    return (time.perf_counter() - start) / n * 1e6
+    return time.perf_counter() - start
 
 
 def overhead_sync(bare: SyncLoop, wrapped: SyncLoop) -> dict[str, float]:
     """The synchronous twin of ``overhead_async`` (for pybreaker)."""
-    probe = max(_time_sync(wrapped, 200), 0.05)
-    n = max(500, int(SAMPLE_S * 1e6 / probe))
-    _time_sync(bare, n // 10 + 1)
-    _time_sync(wrapped, n // 10 + 1)
+    probe = max(_time_sync(wrapped, 200) / 200 * 1e6, 0.05)
+    chunk = max(50, int(SAMPLE_S * 1e6 / probe / CHUNKS))
+    _time_sync(bare, chunk)
+    _time_sync(wrapped, chunk)
     bares, wraps = [], []
     for rep in range(REPS):
-        pair = [(bares, bare), (wraps, wrapped)]
-        for sink, loop in pair if rep % 2 == 0 else reversed(pair):
-            sink.append(_time_sync(loop, n))
-    overheads = [w - b for w, b in zip(wraps, bares, strict=True)]
-    return {
-        "overhead_us": statistics.median(overheads),
-        "bare_us": statistics.median(bares),
-        "wrapped_us": statistics.median(wraps),
-        "iterations": n,
-    }
+        gc.collect()
+        spent = {bare: 0.0, wrapped: 0.0}
+        for i in range(CHUNKS):
+            order = (bare, wrapped) if (rep + i) % 2 == 0 else (wrapped, bare)
+            for loop in order:
+                spent[loop] += _time_sync(loop, chunk)
+        bares.append(spent[bare] / (chunk * CHUNKS) * 1e6)
+        wraps.append(spent[wrapped] / (chunk * CHUNKS) * 1e6)
+    return _summary(bares, wraps, chunk * CHUNKS)
 
 
 async def bare_async(n: int) -> None:

@@ -33,7 +33,8 @@ import trio
 
 from .config import Settings
 from .crypto import TokenCipher, load_or_create_key
-from .nursery import Supervisor, install_structlog_hook
+from .metrics import Metrics
+from .nursery import Supervisor, add_hook, install_structlog_hook
 from .pipeline.executor import Executor
 from .pipeline.google import open_google
 from .pipeline.housekeeping import run_discovery, run_expiry_sweep
@@ -109,8 +110,8 @@ async def run(
     """Run SkyTwin until ``shutdown`` is set (by a signal or the caller)."""
     shutdown = shutdown or trio.Event()
     cipher = TokenCipher(load_or_create_key(settings.home, settings.secret_key))
-    install_structlog_hook()
-    with trio.CancelScope() as everything:
+    metrics = Metrics()
+    with _hooks(install_structlog_hook(), add_hook(metrics.on_event)), trio.CancelScope() as everything:
         async with open_database(settings) as pool, open_google(
             settings, PgTokenRepository(pool, cipher), transport=google_transport
         ) as google:
@@ -119,8 +120,11 @@ async def run(
             )
             users = Supervisor("users", shutdown_grace_s=settings.shutdown_grace_s)
             housekeeping = Supervisor("housekeeping", shutdown_grace_s=settings.shutdown_grace_s)
-            state = WebState(settings=settings, pool=pool, cipher=cipher, poller=poller, google=google,
-                             supervisors=[users, housekeeping])
+            poller.cycle_hooks.append(metrics.on_cycle)
+            poller.signal_hooks.append(metrics.on_signals)
+            metrics.watch(pool=pool, poller=poller, supervisors=[users, housekeeping])
+            state = WebState(settings=settings, pool=pool, cipher=cipher, poller=poller,
+                             google=google, metrics=metrics, supervisors=[users, housekeeping])
             state.checks.update(supervisor_checks(users, housekeeping))
             executor = Executor(
                 pool, poller, on_finished=state.report_finished, kicked=lambda: state.executor_kick
@@ -155,6 +159,16 @@ async def run(
                     stopping.start_soon(web_done.wait)
                 nursery.cancel_scope.cancel()
     log.info("skytwin.stopped")
+
+
+@contextmanager
+def _hooks(*removers: Callable[[], None]) -> Iterator[None]:
+    """Keep instrumentation hooks installed for the block (one process may run twice)."""
+    try:
+        yield
+    finally:
+        for remove in removers:
+            remove()
 
 
 async def _stop_supervisors(housekeeping: Supervisor, users: Supervisor) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -205,7 +206,7 @@ class Breaker:
             return _HALF_OPEN
         return self._state
 
-    def permit(self) -> _Permit:
+    def permit(self) -> AbstractAsyncContextManager[None]:
         """``async with breaker.permit():`` guards one call; raises CircuitOpenError if refused."""
         if self._state is not _CLOSED:
             self._refuse_early()

@@ -175,6 +175,7 @@ def add_hook(hook: Hook) -> Callable[[], None]:
     _hooks = (*_hooks, hook)
 
     def remove() -> None:
+        """Unregister the hook (idempotent)."""
         global _hooks
         hooks = list(_hooks)
         if hook in hooks:
@@ -239,6 +240,7 @@ def install_structlog_hook(logger: Any = None) -> Callable[[], None]:
     log = logger if logger is not None else structlog.get_logger("skytwin.nursery")
 
     def hook(event: Event) -> None:
+        """Log one event as one line."""
         name = event_name(event)
         fields = asdict(event)
         if isinstance(event, BreakerTransition):

@@ -101,6 +101,7 @@ def _start_soon_in(
     """
 
     def spawn() -> None:
+        """Spawn from inside ``context`` (run by ``context.run``)."""
         nursery.start_soon(async_fn, *args, name=name)
 
     context.run(spawn)
@@ -185,6 +186,7 @@ class _Group:
         self.done = trio.Event()
 
     def poke(self) -> None:
+        """Wake the group's runner to look at its members again."""
         self.changed.set()
 
 
@@ -238,6 +240,7 @@ class _Child:
         self.first_error: BaseException | None = None
 
     def set_state(self, state: ChildState) -> None:
+        """Move to ``state`` and note when."""
         self.state = state
         self.since = trio.current_time()
 

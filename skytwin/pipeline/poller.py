@@ -108,6 +108,8 @@ class Poller:
         # metrics and tests listen here. result: ok | failed | skipped | timeout |
         # database_error | cancelled.
         self.cycle_hooks: list[Callable[[Account, str, float, float], None]] = []
+        # Called after a commit with (source, number of new signals).
+        self.signal_hooks: list[Callable[[str, int], None]] = []
         # Kept across child restarts: a crash must not reset an account's breaker.
         self.statuses: dict[int, AccountStatus] = {}
 
@@ -249,16 +251,20 @@ class Poller:
         """Store the signals and advance the cursors in one transaction."""
         now = self.now()
 
-        async def store(conn: Connection) -> int:
+        async def store(conn: Connection) -> list[tuple[str, str]]:
             result = await ingest_signals(conn, account.user_id, fetched.signals, now=now)
             for connector, cursor in fetched.cursors.items():
                 await store_connections.save_cursor(
                     conn, account.connection_id, connector, cursor, now=now
                 )
-            return len(result.new_signal_ids)
+            return result.new_keys
 
-        new = await transaction(self.pool, store)
+        new_keys = await transaction(self.pool, store)
+        new = len(new_keys)
         status.signals_new += new
+        for source, count in _count_by_source(new_keys).items():
+            for hook in self.signal_hooks:
+                hook(source, count)
         if new:
             log.info("skytwin.signals_ingested", new=new, connectors=sorted(fetched.cursors))
 
@@ -291,6 +297,13 @@ class Poller:
     def _note_error(status: AccountStatus, message: str) -> None:
         status.last_error = message
         status.last_error_at = datetime.now(UTC)
+
+
+def _count_by_source(new_keys: list[tuple[str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for source, _ in new_keys:
+        counts[source] = counts.get(source, 0) + 1
+    return counts
 
 
 def _is_cancellation(exc: BaseException | None) -> bool:

@@ -64,6 +64,7 @@ class IngestResult:
     """What one ingest did: which signals were new and what was decided."""
 
     new_signal_ids: list[int]
+    new_keys: list[tuple[str, str]]  # (source, external id) of the new signals
     duplicates: int
     decisions: int
     approvals: int
@@ -126,6 +127,7 @@ async def ingest_signals(
                 counts["decisions"] += 1
     return IngestResult(
         new_signal_ids=[signal_id for signal_id, _ in new],
+        new_keys=[(signal.source, signal.external_id) for _, signal in new],
         duplicates=len(signals) - len(new),
         decisions=counts["decisions"],
         approvals=counts["approvals"],

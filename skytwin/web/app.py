@@ -6,7 +6,16 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import approvals_api, dashboard, health, oauth_routes, openapi, signals_api, status_api
+from . import (
+    approvals_api,
+    dashboard,
+    health,
+    metrics_route,
+    oauth_routes,
+    openapi,
+    signals_api,
+    status_api,
+)
 from .errors import install_error_handlers
 from .state import WebState
 
@@ -20,6 +29,7 @@ def create_app(state: WebState) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     install_error_handlers(app)
     app.after_request(drain_request_body)
+    metrics_route.install_request_counter(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(signals_api.blueprint)
     app.register_blueprint(approvals_api.blueprint)
@@ -27,6 +37,7 @@ def create_app(state: WebState) -> QuartTrio:
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(dashboard.blueprint)
     app.register_blueprint(oauth_routes.blueprint)
+    app.register_blueprint(metrics_route.blueprint)
     return app
 
 

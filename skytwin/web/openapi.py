@@ -380,6 +380,11 @@ def openapi_spec() -> dict[str, Any]:
         "/api/status": {"get": _operation(
             "The caller's accounts: connection, poll task, breaker, connectors; and counts",
             {"200": _answer("Status", _ref("Status"))}, operation_id="getStatus")},
+        "/metrics": {"get": _operation(
+            "Prometheus metrics in the text exposition format",
+            {"200": {"description": "Metrics", "content": {"text/plain": {
+                "schema": {"type": "string"}}}}},
+            auth=False, operation_id="getMetrics")},
         "/oauth/google/start": {"get": _operation(
             "Start connecting a Google account: the consent URL to send the browser to",
             {"200": _answer("Where to send the browser", _ref("Authorization")),

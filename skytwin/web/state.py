@@ -36,6 +36,7 @@ class WebState:
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     cipher: Any = None  # TokenCipher: seals OAuth tokens and PKCE verifiers
     google: Any = None  # Google: the shared client, for connecting accounts
+    metrics: Any = None  # Metrics: /metrics renders it, request counting feeds it
     poller: Any = None  # Poller: per-account status for the dashboard
     supervisors: list[Any] = field(default_factory=list)
 

@@ -76,9 +76,8 @@ def skytwin(
     """SkyTwin on the fake, with a user whose account is connected: (process, token)."""
     home = tmp_path / "home"
     env = {**fake.env(), "SKYTWIN_DATABASE_URL": database_url, "SKYTWIN_POLL_INTERVAL_S": "0.5"}
-    token = json.loads(cli(home, env, "user", "add", "--email", EMAIL, "--name", "Ada", "--json"))[
-        "token"
-    ]
+    added = cli(home, env, "user", "add", "--email", EMAIL, "--name", "Ada", "--json")
+    token = json.loads(added)["token"]
     refresh_token = fake.call(fake.world.issue_refresh_token, EMAIL)
     # The refresh token travels in the environment, never on a command line.
     cli(home, {**env, "SKYTWIN_REFRESH_TOKEN": refresh_token},
@@ -201,9 +200,18 @@ def test_a_revoked_grant_asks_to_reconnect_and_reconnecting_through_google_works
     skytwin: tuple[SkyTwinProcess, str], browser: Browser, fake: FakeGoogleThread
 ) -> None:
     process, token = skytwin
+    # Mail whose subject is markup: the page must show it as text, never build it.
+    markup = 'Digest <img src="x" onerror="window.injected = 1"> <b>newsletter</b>'
+    fake.call(fake.world.add_message, EMAIL, sender="<b>news</b>@x.example", subject=markup)
     watched = open_page(browser)
     page = watched.page
     sign_in(page, process.base_url, token)
+    card = page.get_by_role("listitem").filter(has_text=markup)
+    expect(card).to_be_visible(timeout=APPEARS_WITHIN_MS)
+    expect(card.locator("h3")).to_have_text(f"Archive the email — {markup}")
+    assert card.locator("img, b").count() == 0
+    assert page.evaluate("() => window.injected") is None
+
     account = account_card(page)
     expect(fact(account, "Last successful poll")).not_to_have_text("never",
                                                                   timeout=APPEARS_WITHIN_MS)

@@ -123,7 +123,7 @@ def start_skytwin(
     st = SkyTwinProcess(proc)
     threading.Thread(target=st._pump, daemon=True).start()
     if wait_started:
-        started = st.wait_event("skytwin.started")
+        started = st.wait_event("skytwin.started", timeout=60)
         st.base_url = started["binds"][0]
     return st
 

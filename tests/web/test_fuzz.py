@@ -89,6 +89,7 @@ async def test_fuzzing_every_operation_finds_no_server_error(api: Api, tmp_path:
             result = await trio.run_process(
                 schemathesis_command(api.base_url, token, report),
                 capture_stdout=True, capture_stderr=True, check=False, env=env,
+                cwd=tmp_path,  # its Hypothesis database and reports stay out of the repository
             )
     output = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
     assert result.returncode == 0, output
