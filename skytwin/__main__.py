@@ -48,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = DemoOptions()
     demo.add_argument("--poll-interval-s", type=_positive, default=defaults.poll_interval_s)
     demo.add_argument("--mail-every-s", type=_positive, default=defaults.mail_every_s)
-    demo.add_argument("--outage-s", type=_positive, default=defaults.outage_s,
-                      help="how long the 'down' account's Google stays unreachable")
+    demo.add_argument(
+        "--outage-s",
+        type=_positive,
+        default=defaults.outage_s,
+        help="how long the 'down' account's Google stays unreachable",
+    )
     demo.add_argument("--breaker-open-s", type=_positive, default=defaults.breaker_open_s)
     sub.add_parser("migrate", help="apply database migrations and exit")
     cli_users.add_parsers(sub)
@@ -121,8 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "demo":
             options = DemoOptions(
-                poll_interval_s=args.poll_interval_s, mail_every_s=args.mail_every_s,
-                outage_s=args.outage_s, breaker_open_s=args.breaker_open_s,
+                poll_interval_s=args.poll_interval_s,
+                mail_every_s=args.mail_every_s,
+                outage_s=args.outage_s,
+                breaker_open_s=args.breaker_open_s,
                 breaker_open_max_s=4 * args.breaker_open_s,
             )
             with home_lock(settings.home / "demo"):

@@ -111,20 +111,31 @@ async def run(
     shutdown = shutdown or trio.Event()
     cipher = TokenCipher(load_or_create_key(settings.home, settings.secret_key))
     metrics = Metrics()
-    with _hooks(install_structlog_hook(), add_hook(metrics.on_event)), trio.CancelScope() as everything:
-        async with open_database(settings) as pool, open_google(
-            settings, PgTokenRepository(pool, cipher), transport=google_transport
-        ) as google:
-            poller = Poller(
-                pool, google, poll or PollSettings(interval_s=settings.poll_interval_s)
-            )
+    with (
+        _hooks(install_structlog_hook(), add_hook(metrics.on_event)),
+        trio.CancelScope() as everything,
+    ):
+        async with (
+            open_database(settings) as pool,
+            open_google(
+                settings, PgTokenRepository(pool, cipher), transport=google_transport
+            ) as google,
+        ):
+            poller = Poller(pool, google, poll or PollSettings(interval_s=settings.poll_interval_s))
             users = Supervisor("users", shutdown_grace_s=settings.shutdown_grace_s)
             housekeeping = Supervisor("housekeeping", shutdown_grace_s=settings.shutdown_grace_s)
             poller.cycle_hooks.append(metrics.on_cycle)
             poller.signal_hooks.append(metrics.on_signals)
             metrics.watch(pool=pool, poller=poller, supervisors=[users, housekeeping])
-            state = WebState(settings=settings, pool=pool, cipher=cipher, poller=poller,
-                             google=google, metrics=metrics, supervisors=[users, housekeeping])
+            state = WebState(
+                settings=settings,
+                pool=pool,
+                cipher=cipher,
+                poller=poller,
+                google=google,
+                metrics=metrics,
+                supervisors=[users, housekeeping],
+            )
             state.checks.update(supervisor_checks(users, housekeeping))
             executor = Executor(
                 pool, poller, on_finished=state.report_finished, kicked=lambda: state.executor_kick
@@ -138,12 +149,16 @@ async def run(
                 await housekeeping.start_child("expiry-sweep", partial(run_expiry_sweep, pool))
                 await housekeeping.start_child(
                     "discovery",
-                    partial(run_discovery, pool, poller, users,
-                            interval_s=settings.poll_interval_s),
+                    partial(
+                        run_discovery, pool, poller, users, interval_s=settings.poll_interval_s
+                    ),
                 )
                 web_done = trio.Event()
                 binds = await nursery.start(
-                    _permanent, "web", web_done, shutdown,
+                    _permanent,
+                    "web",
+                    web_done,
+                    shutdown,
                     partial(serve_web, create_app(state), settings, shutdown.wait),
                 )
                 log.info("skytwin.started", binds=binds, embedded_db=settings.database_url is None)

@@ -30,9 +30,7 @@ def add_parsers(sub: Any) -> None:
     )
     google.add_argument("--email", required=True, help="the Google account's address")
     google.add_argument("--refresh-token", help="the OAuth refresh token")
-    google.add_argument(
-        "--user", help="the SkyTwin user's email (default: the same as --email)"
-    )
+    google.add_argument("--user", help="the SkyTwin user's email (default: the same as --email)")
     google.add_argument(
         "--no-verify", action="store_true", help="store without asking Google (offline set-up)"
     )
@@ -59,8 +57,13 @@ async def run_connect(pool: Pool, settings: Settings, args: argparse.Namespace) 
     async with open_google(settings, PgTokenRepository(pool, cipher)) as google:
         try:
             connected = await connect_with_refresh_token(
-                pool, cipher, google, user_id=user.id, refresh_token=refresh_token,
-                verify=not args.no_verify, account_email=args.email,
+                pool,
+                cipher,
+                google,
+                user_id=user.id,
+                refresh_token=refresh_token,
+                verify=not args.no_verify,
+                account_email=args.email,
             )
         except NeedsReauthorization:
             raise CliError("Google refused this refresh token (invalid_grant)") from None
@@ -73,8 +76,11 @@ async def run_connect(pool: Pool, settings: Settings, args: argparse.Namespace) 
             ) from None
     if args.json:
         return json.dumps(
-            {"connection_id": connected.connection_id, "user_id": connected.user_id,
-             "account_email": connected.account_email}
+            {
+                "connection_id": connected.connection_id,
+                "user_id": connected.user_id,
+                "account_email": connected.account_email,
+            }
         )
     return (
         f"connected {connected.account_email} to user {user.email} "

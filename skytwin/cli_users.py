@@ -67,8 +67,12 @@ async def run_user_command(pool: Pool, settings: Settings, args: argparse.Namesp
     if args.json:
         return json.dumps(
             [
-                {"user_id": u.id, "email": u.email, "name": u.name,
-                 "created_at": u.created_at.isoformat()}
+                {
+                    "user_id": u.id,
+                    "email": u.email,
+                    "name": u.name,
+                    "created_at": u.created_at.isoformat(),
+                }
                 for u in everyone
             ]
         )

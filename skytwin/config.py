@@ -62,16 +62,16 @@ class Settings:
             return value if value not in (None, "") else None
 
         home_raw = get("SKYTWIN_HOME")
-        home = Path(home_raw).expanduser() if home_raw else Path(
-            platformdirs.user_data_dir("skytwin", appauthor=False)
+        home = (
+            Path(home_raw).expanduser()
+            if home_raw
+            else Path(platformdirs.user_data_dir("skytwin", appauthor=False))
         )
         host, port = parse_bind(get("SKYTWIN_BIND") or DEFAULT_BIND)
 
         log_format = get("SKYTWIN_LOG_FORMAT")
         if log_format is not None and log_format not in ("json", "console"):
-            raise ConfigError(
-                f"SKYTWIN_LOG_FORMAT must be 'json' or 'console', not {log_format!r}"
-            )
+            raise ConfigError(f"SKYTWIN_LOG_FORMAT must be 'json' or 'console', not {log_format!r}")
 
         poll = _positive_float(env, "SKYTWIN_POLL_INTERVAL_S", DEFAULT_POLL_INTERVAL_S)
         database_url = get("SKYTWIN_DATABASE_URL")

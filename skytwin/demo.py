@@ -56,7 +56,11 @@ class DemoOptions:
 
 
 SENDERS = [
-    ("The Weekly Digest <newsletter@news.example>", "Your weekly digest: 12 stories", ["CATEGORY_PROMOTIONS"]),
+    (
+        "The Weekly Digest <newsletter@news.example>",
+        "Your weekly digest: 12 stories",
+        ["CATEGORY_PROMOTIONS"],
+    ),
     ("StreamBox Billing <billing@streambox.example>", "Your subscription renews on Friday", []),
     ("Fresh Grocer <orders@grocer.example>", "Your grocery order is out for delivery", []),
     ("SkyAir <no-reply@skyair.example>", "Flight SA 214 booking confirmation", []),
@@ -91,7 +95,10 @@ def start_outage(world: World, options: DemoOptions) -> None:
 
 
 async def generate_mail(
-    world: World, options: DemoOptions, rng: random.Random, *,
+    world: World,
+    options: DemoOptions,
+    rng: random.Random,
+    *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Deliver realistic mail and invites to the demo accounts every few seconds."""
@@ -108,19 +115,27 @@ def deliver_one(world: World, email: str, n: int, rng: random.Random) -> None:
     """One new message, or (every third time) an invite that may clash."""
     now = datetime.now(UTC)
     if n % 3 == 2:
-        start = (now + timedelta(hours=rng.randint(2, 72))).replace(minute=0, second=0, microsecond=0)
+        start = (now + timedelta(hours=rng.randint(2, 72))).replace(
+            minute=0, second=0, microsecond=0
+        )
         world.add_event(
-            email, summary=rng.choice(MEETINGS), organizer=rng.choice(
-                ["maya@work.example", "omar@work.example"]
-            ),
-            start=start, end=start + timedelta(minutes=rng.choice([30, 60])),
+            email,
+            summary=rng.choice(MEETINGS),
+            organizer=rng.choice(["maya@work.example", "omar@work.example"]),
+            start=start,
+            end=start + timedelta(minutes=rng.choice([30, 60])),
         )
         if rng.random() < 0.5:  # something already there: the invite will clash
-            world.add_event(email, summary="Focus time", start=start, end=start + timedelta(hours=1))
+            world.add_event(
+                email, summary="Focus time", start=start, end=start + timedelta(hours=1)
+            )
         return
     sender, subject, labels = rng.choice(SENDERS)
     world.add_message(
-        email, sender=sender, subject=subject, snippet=f"{subject} (demo message {n})",
+        email,
+        sender=sender,
+        subject=subject,
+        snippet=f"{subject} (demo message {n})",
         labels=("INBOX", "UNREAD", *labels),
     )
 
@@ -139,8 +154,9 @@ async def prepare_user(pool: Pool, cipher: TokenCipher, world: World) -> str:
             return await users.issue_token(conn, user.id, label="demo", is_admin=True)
 
 
-def demo_settings(settings: Settings, endpoints: GoogleEndpoints, world: World,
-                  options: DemoOptions) -> Settings:
+def demo_settings(
+    settings: Settings, endpoints: GoogleEndpoints, world: World, options: DemoOptions
+) -> Settings:
     """The run settings pointed at the fake Google, under ``SKYTWIN_HOME/demo``."""
     return dataclasses.replace(
         settings,
@@ -199,8 +215,9 @@ async def run_demo(settings: Settings, options: DemoOptions) -> None:
             "\nSkyTwin demo is running.\n"
             f"  Dashboard:     {url}/\n"
             f"  Sign-in token: {token}\n"
-            f"  Accounts:      {HEALTHY} (healthy), {FLAKY} (flaky: 429/503 with Retry-After,"
-            f" slow),\n                 {DOWN} (Google down for {options.outage_s:g} s, then back)\n"
+            f"  Accounts:      {HEALTHY} (healthy),\n"
+            f"                 {FLAKY} (flaky: 429/503 with Retry-After, slow),\n"
+            f"                 {DOWN} (Google down for {options.outage_s:g} s, then back)\n"
             f"  Metrics:       {url}/metrics\n"
             "Press Ctrl-C to stop.\n",
             flush=True,

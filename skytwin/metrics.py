@@ -55,46 +55,60 @@ class Metrics:
 
     def __init__(self) -> None:
         # *_created series double the output and carry nothing an operator uses.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         r = self.registry
-        self.polls = Counter(
-            "skytwin_polls", "Poll cycles by result", ["result"], registry=r
-        )
+        self.polls = Counter("skytwin_polls", "Poll cycles by result", ["result"], registry=r)
         self.poll_seconds = Histogram(
-            "skytwin_poll_cycle_seconds", "Duration of one account's poll cycle",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r,
+            "skytwin_poll_cycle_seconds",
+            "Duration of one account's poll cycle",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
         )
         self.signals = Counter(
             "skytwin_signals_ingested", "New signals stored", ["source"], registry=r
         )
         self.retries = Counter(
-            "skytwin_retries_scheduled", "Retries scheduled by target API and reason",
-            ["target", "reason"], registry=r,
+            "skytwin_retries_scheduled",
+            "Retries scheduled by target API and reason",
+            ["target", "reason"],
+            registry=r,
         )
         self.budget_exhausted = Counter(
             "skytwin_retry_budget_exhausted",
-            "Retries refused because the target's retry budget was spent", ["target"], registry=r,
+            "Retries refused because the target's retry budget was spent",
+            ["target"],
+            registry=r,
         )
         self.breaker_transitions = Counter(
-            "skytwin_breaker_transitions", "Circuit breaker transitions by new state",
-            ["to_state"], registry=r,
+            "skytwin_breaker_transitions",
+            "Circuit breaker transitions by new state",
+            ["to_state"],
+            registry=r,
         )
         self.restarts = Counter(
-            "skytwin_supervisor_restarts", "Supervised children restarted", ["supervisor"],
+            "skytwin_supervisor_restarts",
+            "Supervised children restarted",
+            ["supervisor"],
             registry=r,
         )
         self.given_up = Counter(
-            "skytwin_supervisor_given_up", "Supervised children given up (restart intensity)",
-            ["supervisor"], registry=r,
+            "skytwin_supervisor_given_up",
+            "Supervised children given up (restart intensity)",
+            ["supervisor"],
+            registry=r,
         )
         self.escalations = Counter(
-            "skytwin_supervisor_escalations", "Supervisors that escalated to their parent",
-            ["supervisor"], registry=r,
+            "skytwin_supervisor_escalations",
+            "Supervisors that escalated to their parent",
+            ["supervisor"],
+            registry=r,
         )
         self.http_requests = Counter(
-            "skytwin_http_requests", "HTTP requests by method, route template and status",
-            ["method", "route", "status"], registry=r,
+            "skytwin_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=r,
         )
 
     # ---- hooks ----
@@ -151,7 +165,9 @@ class _LiveState(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         stats = self.pool.stats()
-        in_use = GaugeMetricFamily("skytwin_db_pool_connections", "Pool connections", labels=["state"])
+        in_use = GaugeMetricFamily(
+            "skytwin_db_pool_connections", "Pool connections", labels=["state"]
+        )
         in_use.add_metric(["in_use"], stats.in_use)
         in_use.add_metric(["idle"], stats.idle)
         in_use.add_metric(["open"], stats.open)
@@ -184,7 +200,8 @@ class _LiveState(Collector):
         yield per_account
 
         children = GaugeMetricFamily(
-            "skytwin_supervisor_children", "Supervised children by state",
+            "skytwin_supervisor_children",
+            "Supervised children by state",
             labels=["supervisor", "state"],
         )
         for supervisor in self.supervisors:

@@ -72,9 +72,12 @@ async def verify_done(
     if action.startswith("gmail."):
         try:
             message = await call_api(
-                google.gmail, tokens, "GET",
+                google.gmail,
+                tokens,
+                "GET",
                 f"/users/me/messages/{quote(params['messageId'], safe='')}",
-                params={"format": "minimal"}, operation="gmail.users.messages.get",
+                params={"format": "minimal"},
+                operation="gmail.users.messages.get",
             )
         except NotFound:
             return None

@@ -39,8 +39,15 @@ def _verifier_context(state_hash: bytes) -> str:
 
 
 async def start_authorization(
-    pool: Pool, cipher: TokenCipher, google: Google, *, user_id: int, redirect_uri: str,
-    auth_url: str, client_id: str, login_hint: str | None = None,
+    pool: Pool,
+    cipher: TokenCipher,
+    google: Google,
+    *,
+    user_id: int,
+    redirect_uri: str,
+    auth_url: str,
+    client_id: str,
+    login_hint: str | None = None,
 ) -> str:
     """Record a single-use, expiring state bound to ``user_id``; return the consent URL."""
     state = new_state()
@@ -49,15 +56,25 @@ async def start_authorization(
     async with pool.connection() as conn:
         await conn.execute(
             """
-            insert into oauth_states (state_hash, user_id, code_verifier_enc, redirect_uri, expires_at)
+            insert into oauth_states
+                (state_hash, user_id, code_verifier_enc, redirect_uri, expires_at)
             values (%s, %s, %s, %s, %s)
             """,
-            (digest, user_id, cipher.encrypt(verifier, context=_verifier_context(digest)),
-             redirect_uri, datetime.now(UTC) + STATE_TTL),
+            (
+                digest,
+                user_id,
+                cipher.encrypt(verifier, context=_verifier_context(digest)),
+                redirect_uri,
+                datetime.now(UTC) + STATE_TTL,
+            ),
         )
     return authorization_url(
-        client_id=client_id, redirect_uri=redirect_uri, state=state,
-        code_challenge=code_challenge(verifier), auth_url=auth_url, login_hint=login_hint,
+        client_id=client_id,
+        redirect_uri=redirect_uri,
+        state=state,
+        code_challenge=code_challenge(verifier),
+        auth_url=auth_url,
+        login_hint=login_hint,
     )
 
 
@@ -104,8 +121,14 @@ async def finish_authorization(
 
 
 async def connect_with_refresh_token(
-    pool: Pool, cipher: TokenCipher, google: Google, *, user_id: int, refresh_token: str,
-    verify: bool = True, account_email: str | None = None,
+    pool: Pool,
+    cipher: TokenCipher,
+    google: Google,
+    *,
+    user_id: int,
+    refresh_token: str,
+    verify: bool = True,
+    account_email: str | None = None,
 ) -> Connected:
     """The headless path: check the refresh token with Google (unless told not to), store it."""
     if not verify:
@@ -142,7 +165,10 @@ async def store_grant(
 ) -> Connected:
     """Find the account's email with the new access token, then store the tokens."""
     profile = await call_api(
-        google.gmail, _StaticToken(grant.access_token), "GET", "/users/me/profile",
+        google.gmail,
+        _StaticToken(grant.access_token),
+        "GET",
+        "/users/me/profile",
         operation="gmail.users.getProfile",
     )
     email = str(profile.get("emailAddress") or "").lower()

@@ -94,17 +94,24 @@ class Executor:
         if account is not None:
             try:
                 done = await verify_done(
-                    self.google, self.google.tokens(account.connection_id),
-                    execution.action, execution.params,
+                    self.google,
+                    self.google.tokens(account.connection_id),
+                    execution.action,
+                    execution.params,
                 )
             except ConnectorError as exc:
-                log.warning("skytwin.execution_verify_failed", execution_id=execution.id,
-                            error=describe_error(exc))
+                log.warning(
+                    "skytwin.execution_verify_failed",
+                    execution_id=execution.id,
+                    error=describe_error(exc),
+                )
         now = datetime.now(UTC)
         async with self.pool.connection() as conn:
             if done:
                 await store.finish_execution(
-                    conn, execution.id, succeeded=True,
+                    conn,
+                    execution.id,
+                    succeeded=True,
                     result={"recovered": True, "note": "effect found in place after a restart"},
                     now=now,
                 )
@@ -134,17 +141,26 @@ class Executor:
                     conn, execution.id, error=error or "", delay_s=delay, now=datetime.now(UTC)
                 )
                 log.warning(
-                    "skytwin.execution_deferred", execution_id=execution.id, error=error,
+                    "skytwin.execution_deferred",
+                    execution_id=execution.id,
+                    error=error,
                     retry_in_s=delay,
                 )
                 return True  # others may be ready; this one waits for its not_before
             await store.finish_execution(
-                conn, execution.id, succeeded=succeeded, result=result, error=error,
+                conn,
+                execution.id,
+                succeeded=succeeded,
+                result=result,
+                error=error,
                 now=datetime.now(UTC),
             )
         log.info(
-            "skytwin.execution_finished", execution_id=execution.id, action=execution.action,
-            succeeded=succeeded, error=error,
+            "skytwin.execution_finished",
+            execution_id=execution.id,
+            action=execution.action,
+            succeeded=succeeded,
+            error=error,
         )
         self.on_finished(execution.id)
         return True
@@ -163,8 +179,10 @@ class Executor:
             breaker = self.poller.status_for(account).breaker
             async with breaker.permit():
                 result = await carry_out(
-                    self.google, self.google.tokens(account.connection_id),
-                    execution.action, execution.params,
+                    self.google,
+                    self.google.tokens(account.connection_id),
+                    execution.action,
+                    execution.params,
                 )
             return True, result, None, False
         except PolicyViolation as exc:

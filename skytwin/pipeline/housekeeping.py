@@ -12,6 +12,7 @@ from ..nursery import Restart, Supervisor, stop_requested
 from ..store import Pool, StoreError, transaction
 from ..store import approvals as store_approvals
 from ..store.connections import Account, active_accounts
+from ..store.pool import Connection
 from ..store.signals import retry_unprocessed
 from .poller import Poller
 
@@ -93,9 +94,13 @@ async def run_expiry_sweep(
         try:
             async with pool.connection() as conn:
                 expired = await store_approvals.expire_pending(conn, now=now)
-            retried = await transaction(pool, lambda conn: retry_unprocessed(conn, now=now))
+            retried = await transaction(pool, partial(_retry_unprocessed, now=now))
         except StoreError as exc:
             log.warning("skytwin.sweep_database_error", error=str(exc))
             continue
         if expired or retried:
             log.info("skytwin.sweep", expired=expired, decisions_retried=retried)
+
+
+async def _retry_unprocessed(conn: Connection, *, now: datetime) -> int:
+    return await retry_unprocessed(conn, now=now)

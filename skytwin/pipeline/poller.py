@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -221,9 +221,12 @@ class Poller:
         async def gmail() -> None:
             try:
                 result = await sync_gmail(
-                    self.google.gmail, tokens, cursors["gmail"],
+                    self.google.gmail,
+                    tokens,
+                    cursors["gmail"],
                     window_days=self.settings.gmail_window_days,
-                    limiter=self.google.fetch_limiter, now=self.now,
+                    limiter=self.google.fetch_limiter,
+                    now=self.now,
                 )
             except ConnectorError as exc:
                 fetched.errors["gmail"] = exc
@@ -287,7 +290,10 @@ class Poller:
             async with self.pool.connection() as conn:
                 for connector, error in fetched.errors.items():
                     await store_connections.record_connector_error(
-                        conn, account.connection_id, connector, describe_error(error),
+                        conn,
+                        account.connection_id,
+                        connector,
+                        describe_error(error),
                         now=datetime.now(UTC),
                     )
         except StoreError:

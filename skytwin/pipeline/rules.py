@@ -68,37 +68,54 @@ def _propose_for_mail(signal_type: str, data: Mapping[str, Any]) -> Proposal | N
     sender = str(data.get("from") or "unknown sender")
     if signal_type == "newsletter":
         return Proposal(
-            "gmail.archive", {"messageId": message_id}, "low", True, "low",
+            "gmail.archive",
+            {"messageId": message_id},
+            "low",
+            True,
+            "low",
             f"Newsletter from {sender}: archive it ({subject!r}).",
         )
     if signal_type == "notification":
         return Proposal(
-            "gmail.mark_read", {"messageId": message_id}, "low", True, "low",
+            "gmail.mark_read",
+            {"messageId": message_id},
+            "low",
+            True,
+            "low",
             f"Automated notification from {sender}: mark it read ({subject!r}).",
         )
     if signal_type == "subscription_renewal":
         return Proposal(
-            "gmail.label", {"messageId": message_id, "label": RENEWAL_LABEL}, "medium", True,
+            "gmail.label",
+            {"messageId": message_id, "label": RENEWAL_LABEL},
+            "medium",
+            True,
             "high",
             f"A subscription renews or bills soon ({subject!r} from {sender}): "
             "flag it so you decide before it charges.",
         )
     if signal_type == "travel_alert":
         return Proposal(
-            "gmail.label", {"messageId": message_id, "label": TRAVEL_LABEL}, "low", True,
-            "normal", f"Travel mail from {sender}: file it under {TRAVEL_LABEL}.",
+            "gmail.label",
+            {"messageId": message_id, "label": TRAVEL_LABEL},
+            "low",
+            True,
+            "normal",
+            f"Travel mail from {sender}: file it under {TRAVEL_LABEL}.",
         )
     if signal_type == "grocery_reorder":
         return Proposal(
-            "gmail.label", {"messageId": message_id, "label": ORDERS_LABEL}, "low", True, "low",
+            "gmail.label",
+            {"messageId": message_id, "label": ORDERS_LABEL},
+            "low",
+            True,
+            "low",
             f"Order or delivery mail from {sender}: file it under {ORDERS_LABEL}.",
         )
     return None
 
 
-def _propose_for_event(
-    signal_type: str, data: Mapping[str, Any], now: datetime
-) -> Proposal | None:
+def _propose_for_event(signal_type: str, data: Mapping[str, Any], now: datetime) -> Proposal | None:
     if signal_type != "meeting_invite" or data.get("status") == "cancelled":
         return None
     event_id = data.get("eventId")
@@ -109,14 +126,21 @@ def _propose_for_event(
     urgency = _urgency_from_start(data.get("startTime"), now)
     if data.get("hasConflict"):
         return Proposal(
-            "calendar.respond", {"eventId": event_id, "response": "declined"}, "medium", False,
+            "calendar.respond",
+            {"eventId": event_id, "response": "declined"},
+            "medium",
+            False,
             urgency,
             f"{title!r} from {organizer} clashes with another event: decline it "
             "(or propose another time).",
         )
     return Proposal(
-        "calendar.respond", {"eventId": event_id, "response": "accepted"}, "medium", False,
-        urgency, f"{title!r} from {organizer} fits your calendar: accept it.",
+        "calendar.respond",
+        {"eventId": event_id, "response": "accepted"},
+        "medium",
+        False,
+        urgency,
+        f"{title!r} from {organizer} fits your calendar: accept it.",
     )
 
 

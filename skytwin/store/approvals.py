@@ -51,7 +51,9 @@ _ITEM_FROM = """
 def approval_json(row: dict[str, Any]) -> dict[str, Any]:
     """The API representation of an approval request row."""
     data = row["signal_data"] or {}
-    summary = {k: data[k] for k in ("from", "subject", "title", "startTime", "organizer") if k in data}
+    summary = {
+        k: data[k] for k in ("from", "subject", "title", "startTime", "organizer") if k in data
+    }
     return {
         "id": row["id"],
         "status": row["status"],
@@ -162,7 +164,9 @@ async def respond(
     return RespondOutcome("approved", approval_id, "approved", now, row["id"])
 
 
-async def _why_not(conn: Connection, user_id: int, approval_id: int, now: datetime) -> RespondOutcome:
+async def _why_not(
+    conn: Connection, user_id: int, approval_id: int, now: datetime
+) -> RespondOutcome:
     cur = await conn.execute(
         """
         select a.status, a.expires_at, a.responded_at, e.id as execution_id
@@ -292,6 +296,10 @@ async def defer_execution(
                               not_before = %(not_before)s
         where id = %(id)s and status = 'running'
         """,
-        {"error": error, "now": now, "not_before": now + timedelta(seconds=delay_s),
-         "id": execution_id},
+        {
+            "error": error,
+            "now": now,
+            "not_before": now + timedelta(seconds=delay_s),
+            "id": execution_id,
+        },
     )

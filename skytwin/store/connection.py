@@ -54,7 +54,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         self.lock = _FastLock()  # type: ignore[assignment]
 
     @classmethod
-    async def connect(  # type: ignore[override]
+    async def connect(  # type: ignore[override,unused-ignore]
         cls,
         conninfo: str = "",
         *,
@@ -87,8 +87,11 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         conn.prepare_threshold = prepare_threshold
         return conn
 
-    async def wait(  # type: ignore[override]
-        self, gen: PQGen[Any], interval: float = 0.0, timeout: float | None = None
+    async def wait(  # psycopg's signature; our deadlines come from cancel scopes
+        self,
+        gen: PQGen[Any],
+        interval: float = 0.0,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Any:
         """Drive a psycopg generator on Trio; on cancellation cancel the query server-side."""
         fileno = self.pgconn.socket

@@ -78,8 +78,12 @@ async def save_tokens(
             status = 'active', status_reason = null, updated_at = now()
         where id = %s
         """,
-        (sealed.refresh_token_enc, sealed.access_token_enc, sealed.access_expires_at,
-         connection_id),
+        (
+            sealed.refresh_token_enc,
+            sealed.access_token_enc,
+            sealed.access_expires_at,
+            connection_id,
+        ),
     )
 
 
@@ -124,7 +128,8 @@ async def save_cursor(
     """Advance a connector's cursor (call in the transaction that stores its signals)."""
     await conn.execute(
         """
-        insert into connector_cursors (connection_id, connector, cursor, last_success_at, updated_at)
+        insert into connector_cursors
+            (connection_id, connector, cursor, last_success_at, updated_at)
         values (%(id)s, %(connector)s, %(cursor)s, %(now)s, %(now)s)
         on conflict (connection_id, connector) do update
         set cursor = excluded.cursor, last_success_at = excluded.last_success_at,
@@ -140,7 +145,8 @@ async def record_connector_error(
     """Remember the last error of a connector (never a token: callers pass typed summaries)."""
     await conn.execute(
         """
-        insert into connector_cursors (connection_id, connector, last_error, last_error_at, updated_at)
+        insert into connector_cursors
+            (connection_id, connector, last_error, last_error_at, updated_at)
         values (%(id)s, %(connector)s, %(error)s, %(now)s, %(now)s)
         on conflict (connection_id, connector) do update
         set last_error = excluded.last_error, last_error_at = excluded.last_error_at,
@@ -183,7 +189,9 @@ class PgTokenRepository:
         if row is None:
             raise LookupError(f"no OAuth connection {connection_id}")
         if row["status"] == "needs_reauth":
-            raise NeedsReauthorization(connection_id, row["status_reason"] or "needs re-authorization")
+            raise NeedsReauthorization(
+                connection_id, row["status_reason"] or "needs re-authorization"
+            )
         sealed = SealedTokens(
             row["refresh_token_enc"], row["access_token_enc"], row["access_expires_at"]
         )

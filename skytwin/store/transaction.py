@@ -50,9 +50,7 @@ async def transaction(
                 async with conn.transaction():
                     if isolation is not None:
                         await conn.execute(
-                            sql.SQL("set transaction isolation level {}").format(
-                                sql.SQL(isolation)
-                            )
+                            sql.SQL("set transaction isolation level {}").format(sql.SQL(isolation))
                         )
                     return await fn(conn)
         except RETRYABLE_SQL_ERRORS as exc:

@@ -8,8 +8,8 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request
 
-from ..store import transaction
 from ..store import approvals as store
+from ..store import transaction
 from ..store.pool import Connection
 from .auth import authenticated, current_principal
 from .errors import ApiError

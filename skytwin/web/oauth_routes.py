@@ -31,11 +31,16 @@ async def start() -> Response:
     if state.google is None or not state.settings.google_client_id:
         raise ApiError(
             "Google sign-in is not configured: set SKYTWIN_GOOGLE_CLIENT_ID and "
-            "SKYTWIN_GOOGLE_CLIENT_SECRET", status=503,
+            "SKYTWIN_GOOGLE_CLIENT_SECRET",
+            status=503,
         )
     url = await start_authorization(
-        state.pool, state.cipher, state.google, user_id=current_principal().user_id,
-        redirect_uri=_redirect_uri(), auth_url=state.settings.oauth_auth_url,
+        state.pool,
+        state.cipher,
+        state.google,
+        user_id=current_principal().user_id,
+        redirect_uri=_redirect_uri(),
+        auth_url=state.settings.oauth_auth_url,
         client_id=state.settings.google_client_id,
     )
     return jsonify({"authorization_url": url})
@@ -64,4 +69,5 @@ async def callback() -> Response:
         raise ApiError("Google refused the authorization code; start again") from None
     except ConnectorError as exc:
         raise ApiError(f"Google could not be reached: {exc}", status=502) from None
-    return redirect("/?connected=1")
+    response: Response = redirect("/?connected=1")  # type: ignore[assignment]
+    return response

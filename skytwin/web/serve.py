@@ -34,7 +34,7 @@ async def serve_web(
 ) -> None:
     """Serve until ``shutdown_trigger`` returns; report the bound URLs when listening."""
     await serve(
-        app,  # type: ignore[arg-type]
+        app,
         hypercorn_config(settings),
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
