@@ -33,7 +33,7 @@
       else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
       else el.setAttribute(name, value === true ? "" : String(value));
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       el.append(child instanceof Node ? child : String(child)); // strings become text nodes
     }
