@@ -17,12 +17,20 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def test_demo_dashboard_shows_three_accounts_and_pending_approvals(
-    tmp_path: Path, browser: Browser  # noqa: F811
+    tmp_path: Path,
+    browser: Browser,  # noqa: F811
 ) -> None:
     st = start_skytwin(
-        tmp_path / "home", "demo",
-        "--poll-interval-s", "0.5", "--mail-every-s", "1", "--outage-s", "120",
-        "--breaker-open-s", "30",
+        tmp_path / "home",
+        "demo",
+        "--poll-interval-s",
+        "0.5",
+        "--mail-every-s",
+        "1",
+        "--outage-s",
+        "120",
+        "--breaker-open-s",
+        "30",
     )
     try:
         st.wait_event("skytwin.demo_ready", timeout=30)
