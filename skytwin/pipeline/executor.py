@@ -16,13 +16,18 @@ being sent twice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 import trio
 
-from ..connectors.errors import ConnectorError, NeedsReauthorization, PermanentApiError
+from ..connectors.errors import (
+    ActionNotApplicable,
+    ConnectorError,
+    NeedsReauthorization,
+    PermanentApiError,
+)
 from ..nursery import CircuitOpenError, stop_requested
 from ..nursery.events import describe_error
 from ..store import Pool, StoreError, transaction
@@ -52,6 +57,7 @@ class Executor:
         hourly_limit: int = 100,
         on_finished: Callable[[int], None] = lambda execution_id: None,
         kicked: Callable[[], trio.Event] | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self.pool = pool
         self.poller = poller
@@ -60,12 +66,17 @@ class Executor:
         self.hourly_limit = hourly_limit
         self.on_finished = on_finished
         self.kicked = kicked or trio.Event
+        # The poller's wall clock unless told otherwise: claims, not_before and the
+        # hourly limit compare against times the pipeline wrote with that clock.
+        self.now = now or poller.now
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover interrupted executions, then work the outbox until asked to stop."""
         stop = stop_requested()
-        await self.recover()
+        # Ready before recovery: recovery asks Google, which may hang for minutes, and
+        # the process (its web server included) must not wait for that to come up.
         task_status.started()
+        await self.recover()
         while not stop.is_set():
             kick = self.kicked()
             try:
@@ -105,7 +116,7 @@ class Executor:
                     execution_id=execution.id,
                     error=describe_error(exc),
                 )
-        now = datetime.now(UTC)
+        now = self.now()
         async with self.pool.connection() as conn:
             if done:
                 await store.finish_execution(
@@ -128,7 +139,7 @@ class Executor:
 
     async def run_one(self) -> bool:
         """Claim and carry out one execution; False when the outbox is empty."""
-        now = datetime.now(UTC)
+        now = self.now()
         execution = await transaction(self.pool, lambda conn: store.claim_execution(conn, now=now))
         if execution is None:
             return False
@@ -138,7 +149,7 @@ class Executor:
             if retry and execution.attempts < MAX_ATTEMPTS:
                 delay = min(DEFER_CAP_S, DEFER_BASE_S * 2 ** (execution.attempts - 1))
                 await store.defer_execution(
-                    conn, execution.id, error=error or "", delay_s=delay, now=datetime.now(UTC)
+                    conn, execution.id, error=error or "", delay_s=delay, now=self.now()
                 )
                 log.warning(
                     "skytwin.execution_deferred",
@@ -153,7 +164,7 @@ class Executor:
                 succeeded=succeeded,
                 result=result,
                 error=error,
-                now=datetime.now(UTC),
+                now=self.now(),
             )
         log.info(
             "skytwin.execution_finished",
@@ -187,7 +198,7 @@ class Executor:
             return True, result, None, False
         except PolicyViolation as exc:
             return False, None, f"refused by policy: {exc}", False
-        except (NeedsReauthorization, PermanentApiError) as exc:
+        except (NeedsReauthorization, PermanentApiError, ActionNotApplicable) as exc:
             return False, None, describe_error(exc), False
         except (CircuitOpenError, ConnectorError) as exc:
             return False, None, describe_error(exc), True
@@ -199,7 +210,7 @@ class Executor:
             select count(*) as n from executions
             where user_id = %s and attempted_at > %s and id <> %s
             """,
-            (execution.user_id, datetime.now(UTC) - timedelta(hours=1), execution.id),
+            (execution.user_id, self.now() - timedelta(hours=1), execution.id),
         )
         row = await cur.fetchone()
         if row is not None and row["n"] >= self.hourly_limit:

@@ -150,14 +150,16 @@ async def respond(
         return await _why_not(conn, user_id, approval_id, now)
     if not approve:
         return RespondOutcome("rejected", approval_id, "rejected", now)
+    # not_before on the caller's clock, the one claim_execution compares it with
+    # (the column's default is the database server's clock).
     cur = await conn.execute(
         """
-        insert into executions (approval_id, decision_id, user_id, action, params)
-        select %(approval)s, d.id, d.user_id, d.action, d.params
+        insert into executions (approval_id, decision_id, user_id, action, params, not_before)
+        select %(approval)s, d.id, d.user_id, d.action, d.params, %(now)s
         from decisions d where d.id = %(decision)s
         returning id
         """,
-        {"approval": approval_id, "decision": claimed["decision_id"]},
+        {"approval": approval_id, "decision": claimed["decision_id"], "now": now},
     )
     row = await cur.fetchone()
     assert row is not None

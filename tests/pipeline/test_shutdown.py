@@ -108,6 +108,47 @@ async def test_shutdown_cancels_the_cycle_in_flight_within_the_grace_and_keeps_i
         assert world.calls[(HELD, ann.account_email)] == 0
 
 
+async def test_an_idle_account_stops_at_once(
+    clock: MockClock, world: World, database_url: str, tmp_path: Path
+) -> None:
+    stopped_at: dict[str, float] = {}
+
+    def on_event(event: object) -> None:
+        if isinstance(event, ChildStopped) and event.supervisor == "users":
+            stopped_at[event.child] = trio.current_time()
+
+    remove_hook = add_hook(on_event)
+    try:
+        async with pipeline_rig(
+            world,
+            database_url,
+            tmp_path,
+            settings=PollSettings(interval_s=INTERVAL),
+            shutdown_grace_s=GRACE,
+        ) as rig:
+            rig.poller.rng = Midpoint()
+            bob = await rig.connect("bob@example.com")
+            bob_polled = trio.Event()
+            rig.poller.cycle_hooks.append(lambda account, *_: bob_polled.set())
+            await start_polling(rig, bob)
+            with trio.fail_after(INTERVAL):
+                await bob_polled.wait()
+            bob_due = rig.poller.statuses[bob.connection_id].next_due
+            assert bob_due is not None
+            # The stop is asked one second before Bob's next cycle is due.
+            await trio.sleep_until(bob_due - 1.0)
+
+            stopping = trio.current_time()
+            await rig.users.shutdown()
+
+            assert trio.current_time() == stopping
+            assert stopped_at == {child_name(bob): stopping}
+            await trio.sleep(2 * INTERVAL)
+            assert [c.result for c in rig.cycles_of(bob)] == ["ok"]
+    finally:
+        remove_hook()
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="Supervisor._stop_all stops children one after another (reverse start order, "
