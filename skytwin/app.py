@@ -108,7 +108,8 @@ async def run(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run SkyTwin until ``shutdown`` is set (by a signal or the caller)."""
-    shutdown = shutdown or trio.Event()
+    if shutdown is None:
+        shutdown = trio.Event()
     cipher = TokenCipher(load_or_create_key(settings.home, settings.secret_key))
     metrics = Metrics()
     with (
@@ -122,7 +123,9 @@ async def run(
             ) as google,
         ):
             poller = Poller(pool, google, poll or PollSettings(interval_s=settings.poll_interval_s))
-            users = Supervisor("users", shutdown_grace_s=settings.shutdown_grace_s)
+            users = Supervisor(
+                "users", shutdown_grace_s=settings.shutdown_grace_s, parallel_shutdown=True
+            )
             housekeeping = Supervisor("housekeeping", shutdown_grace_s=settings.shutdown_grace_s)
             poller.cycle_hooks.append(metrics.on_cycle)
             poller.signal_hooks.append(metrics.on_signals)

@@ -284,6 +284,7 @@ class Supervisor:
         backoff: RetryPolicy = DEFAULT_RESTART_BACKOFF,
         escalate: bool = False,
         shutdown_grace_s: float = 5.0,
+        parallel_shutdown: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         if max_restarts < 0 or window_s <= 0 or shutdown_grace_s < 0:
@@ -295,6 +296,11 @@ class Supervisor:
         self._backoff = backoff
         self._escalate = escalate
         self._grace_s = shutdown_grace_s
+        # Sequential (OTP): each child is asked to stop only once the later one is
+        # gone. Parallel: all are asked at once (still in reverse order), and each
+        # gets its own grace from that moment; for many independent peers (users),
+        # where N children times the grace would outlast any shutdown deadline.
+        self._parallel_shutdown = parallel_shutdown
         self._rng = rng
         self._children: dict[str, _Child] = {}
         self._order = itertools.count()
@@ -404,7 +410,11 @@ class Supervisor:
         return [c.name for c in sorted(self._children.values(), key=lambda c: c.order)]
 
     async def shutdown(self) -> None:
-        """Stop children in reverse start order, each with its grace; returns when run() ends."""
+        """Stop children in reverse start order, each with its grace; returns when run() ends.
+
+        With ``parallel_shutdown`` every child is asked at once and the whole
+        shutdown takes at most one grace period.
+        """
         if self._nursery is None:
             return
         self._request_stop()
@@ -605,12 +615,28 @@ class Supervisor:
 
     async def _stop_all(self) -> None:
         """Stop every live child in reverse start order, each with its grace period."""
-        for child in sorted(self._children.values(), key=lambda c: c.order, reverse=True):
-            if child.state in _FINAL:
-                continue
-            child.removing = True
-            await self._stop_incarnation(child)
-            self._finish(child, _STOPPED, "shutdown")
+        live = [
+            child
+            for child in sorted(self._children.values(), key=lambda c: c.order, reverse=True)
+            if child.state not in _FINAL
+        ]
+        if not self._parallel_shutdown:
+            for child in live:
+                await self._stop_child(child)
+            return
+        for child in live:  # every stop request goes out now, latest child first
+            inc = child.inc
+            if inc is not None and not inc.ended:
+                inc.stopping = True
+                inc.stop.set()
+        async with trio.open_nursery() as nursery:
+            for child in live:
+                nursery.start_soon(self._stop_child, child)
+
+    async def _stop_child(self, child: _Child) -> None:
+        child.removing = True
+        await self._stop_incarnation(child)
+        self._finish(child, _STOPPED, "shutdown")
 
     def _finish(
         self, child: _Child, state: ChildState, reason: str, error: Exception | None = None

@@ -100,7 +100,7 @@ class Executor:
         return len(interrupted)
 
     async def _recover_one(self, execution: store.Execution) -> None:
-        account = await self._account(execution.user_id)
+        account = await self._account(execution)
         done: bool | None = None
         if account is not None:
             try:
@@ -143,37 +143,37 @@ class Executor:
         execution = await transaction(self.pool, lambda conn: store.claim_execution(conn, now=now))
         if execution is None:
             return False
-        structlog.contextvars.bind_contextvars(user_id=execution.user_id)
-        succeeded, result, error, retry = await self._attempt(execution)
-        async with self.pool.connection() as conn:
-            if retry and execution.attempts < MAX_ATTEMPTS:
-                delay = min(DEFER_CAP_S, DEFER_BASE_S * 2 ** (execution.attempts - 1))
-                await store.defer_execution(
-                    conn, execution.id, error=error or "", delay_s=delay, now=self.now()
-                )
-                log.warning(
-                    "skytwin.execution_deferred",
-                    execution_id=execution.id,
+        with structlog.contextvars.bound_contextvars(user_id=execution.user_id):
+            succeeded, result, error, retry = await self._attempt(execution)
+            async with self.pool.connection() as conn:
+                if retry and execution.attempts < MAX_ATTEMPTS:
+                    delay = min(DEFER_CAP_S, DEFER_BASE_S * 2 ** (execution.attempts - 1))
+                    await store.defer_execution(
+                        conn, execution.id, error=error or "", delay_s=delay, now=self.now()
+                    )
+                    log.warning(
+                        "skytwin.execution_deferred",
+                        execution_id=execution.id,
+                        error=error,
+                        retry_in_s=delay,
+                    )
+                    return True  # others may be ready; this one waits for its not_before
+                await store.finish_execution(
+                    conn,
+                    execution.id,
+                    succeeded=succeeded,
+                    result=result,
                     error=error,
-                    retry_in_s=delay,
+                    now=self.now(),
                 )
-                return True  # others may be ready; this one waits for its not_before
-            await store.finish_execution(
-                conn,
-                execution.id,
+            log.info(
+                "skytwin.execution_finished",
+                execution_id=execution.id,
+                action=execution.action,
                 succeeded=succeeded,
-                result=result,
                 error=error,
-                now=self.now(),
             )
-        log.info(
-            "skytwin.execution_finished",
-            execution_id=execution.id,
-            action=execution.action,
-            succeeded=succeeded,
-            error=error,
-        )
-        self.on_finished(execution.id)
+            self.on_finished(execution.id)
         return True
 
     async def _attempt(
@@ -182,7 +182,7 @@ class Executor:
         """(succeeded, result, error, worth retrying later)."""
         try:
             check_params(execution.action, execution.params)
-            account = await self._account(execution.user_id)
+            account = await self._account(execution)
             if account is None:
                 raise PolicyViolation("the user has no active Google connection")
             async with self.pool.connection() as conn:
@@ -234,10 +234,30 @@ class Executor:
         if domain and domain in protected:
             raise PolicyViolation(f"mail from {domain} is protected by the user's settings")
 
-    async def _account(self, user_id: int) -> Account | None:
+    async def _account(self, execution: store.Execution) -> Account | None:
+        """The active account the execution's signal came from.
+
+        A signal posted through the ingest API names no account: then the user's
+        only active account, and none if there are several (never a guess).
+        """
         async with self.pool.connection() as conn:
-            accounts = [a for a in await user_accounts(conn, user_id) if a.status == "active"]
-        return accounts[0] if accounts else None
+            cur = await conn.execute(
+                """
+                select s.connection_id from executions e
+                join decisions d on d.id = e.decision_id
+                join signals s on s.id = d.signal_id
+                where e.id = %s
+                """,
+                (execution.id,),
+            )
+            row = await cur.fetchone()
+            accounts = [
+                a for a in await user_accounts(conn, execution.user_id) if a.status == "active"
+            ]
+        wanted = row["connection_id"] if row else None
+        if wanted is not None:
+            return next((a for a in accounts if a.connection_id == wanted), None)
+        return accounts[0] if len(accounts) == 1 else None
 
 
 async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:

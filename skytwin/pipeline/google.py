@@ -19,16 +19,18 @@ from ..config import Settings
 from ..connectors.api import GoogleApi, make_google_client
 from ..connectors.oauth import AccessTokenManager, OAuthClient, TokenRepository
 from ..nursery import RetryBudget
-from .limits import ApiLimit, LimitedTransport, RateLimiter
+from .limits import ApiLimit, LimitedTransport, RateLimiter, ShardedTransport
 
 
 @dataclass(frozen=True, slots=True)
 class GoogleLimits:
-    """Global limits per API (requests in flight, requests per second)."""
+    """Global limits per API (requests in flight, requests per second), and socket pooling."""
 
     concurrency: int = 64
     rate_per_s: float = 200.0
     message_fetch_concurrency: int = 32
+    # Sockets per httpcore pool: its per-request bookkeeping is quadratic in this.
+    connections_per_pool: int = 8
 
 
 @dataclass
@@ -74,8 +76,17 @@ async def open_google(
             prefix, trio.CapacityLimiter(limits.concurrency), RateLimiter(limits.rate_per_s)
         )
 
-    inner = transport or httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(max_connections=limits.concurrency * 3, max_keepalive_connections=64)
+    def pool(size: int) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        )
+
+    # Enough small pools for every request the three APIs' limits let through at once.
+    total = limits.concurrency * 3
+    inner = transport or ShardedTransport(
+        pool,
+        shards=-(-total // limits.connections_per_pool),
+        shard_size=limits.connections_per_pool,
     )
     wrapped = LimitedTransport(
         inner,

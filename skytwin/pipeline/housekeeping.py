@@ -19,6 +19,13 @@ from .poller import Poller
 log = structlog.get_logger("skytwin.housekeeping")
 
 
+# New accounts start this many side by side. One at a time, each start waits for the
+# child's first turn on the scheduler while the accounts started before it already
+# poll: 10,000 accounts took 91 s to start on two cores, and the web server starts
+# only after the first round. All at once would hold 10,000 start tasks in memory.
+START_BATCH = 256
+
+
 def child_name(account: Account) -> str:
     """The users supervisor's name for an account's poll task."""
     return f"account:{account.connection_id}"
@@ -36,14 +43,21 @@ async def sync_accounts(pool: Pool, poller: Poller, users: Supervisor) -> tuple[
             poller.forget(int(name.split(":", 1)[1]))
             removed += 1
             log.info("skytwin.account_removed", child=name)
+    new = [(name, account) for name, account in wanted.items() if not users.has_child(name)]
     started = 0
-    for name, account in wanted.items():
-        if not users.has_child(name):
-            # Transient: a crash restarts it; returning (needs re-auth, stop) ends it.
-            await users.start_child(
-                name, partial(poller.poll_account, account), restart=Restart.TRANSIENT
-            )
-            started += 1
+    for low in range(0, len(new), START_BATCH):
+        async with trio.open_nursery() as nursery:
+            for name, account in new[low : low + START_BATCH]:
+                # Transient: a crash restarts it; returning (needs re-auth, stop) ends it.
+                nursery.start_soon(
+                    partial(
+                        users.start_child,
+                        name,
+                        partial(poller.poll_account, account),
+                        restart=Restart.TRANSIENT,
+                    )
+                )
+        started += len(new[low : low + START_BATCH])
     if started:
         log.info("skytwin.accounts_started", started=started, total=len(wanted))
     return started, removed

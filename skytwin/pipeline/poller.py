@@ -32,7 +32,7 @@ import structlog
 import trio
 
 from ..connectors.calendar import sync_calendar
-from ..connectors.errors import ConnectorError, NeedsReauthorization
+from ..connectors.errors import ConnectorError, GoogleUnavailable, NeedsReauthorization
 from ..connectors.gmail import sync_gmail
 from ..connectors.signals import Signal
 from ..nursery import Breaker, BreakerState, CircuitOpenError, stop_requested
@@ -42,6 +42,7 @@ from ..store import connections as store_connections
 from ..store.connections import Account
 from ..store.pool import Connection
 from ..store.signals import ingest_signals
+from ..store.transaction import one_statement
 from .google import Google
 
 log = structlog.get_logger("skytwin.pipeline")
@@ -123,7 +124,9 @@ class Poller:
                 failure_threshold=s.breaker_failures,
                 open_s=s.breaker_open_s,
                 open_max_s=s.breaker_open_max_s,
-                failure_types=(ConnectorError, trio.TooSlowError),
+                # Google being away counts; a permanent answer (404, 403,
+                # invalid_grant) is not an outage and must not pause the account.
+                failure_types=(GoogleUnavailable, trio.TooSlowError),
             )
             status = AccountStatus(account=account, breaker=breaker)
             self.statuses[account.connection_id] = status
@@ -254,15 +257,26 @@ class Poller:
         """Store the signals and advance the cursors in one transaction."""
         now = self.now()
 
+        async def save_cursors(conn: Connection) -> None:
+            await store_connections.save_cursors(
+                conn, account.connection_id, fetched.cursors, now=now
+            )
+
         async def store(conn: Connection) -> list[tuple[str, str]]:
-            result = await ingest_signals(conn, account.user_id, fetched.signals, now=now)
-            for connector, cursor in fetched.cursors.items():
-                await store_connections.save_cursor(
-                    conn, account.connection_id, connector, cursor, now=now
-                )
+            result = await ingest_signals(
+                conn, account.user_id, fetched.signals, now=now,
+                connection_id=account.connection_id,
+            )
+            await save_cursors(conn)
             return result.new_keys
 
-        new_keys = await transaction(self.pool, store)
+        if fetched.signals:
+            new_keys = await transaction(self.pool, store)
+        else:
+            # No signal to store with them: saving the cursors is one statement, atomic
+            # on its own, so the usual quiet cycle skips the BEGIN and COMMIT round trips.
+            await one_statement(self.pool, save_cursors)
+            new_keys = []
         new = len(new_keys)
         status.signals_new += new
         for source, count in _count_by_source(new_keys).items():

@@ -7,6 +7,7 @@ them in plain text except ``PgTokenRepository``, which seals and opens them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -136,6 +137,25 @@ async def save_cursor(
             last_error = null, updated_at = excluded.updated_at
         """,
         {"id": connection_id, "connector": connector, "cursor": cursor, "now": now},
+    )
+
+
+async def save_cursors(
+    conn: Connection, connection_id: int, cursors: Mapping[str, str], *, now: datetime
+) -> None:
+    """Advance several connectors' cursors in one statement (``save_cursor`` for each at once)."""
+    await conn.execute(
+        """
+        insert into connector_cursors
+            (connection_id, connector, cursor, last_success_at, updated_at)
+        select %(id)s, c.connector, c.cursor, %(now)s, %(now)s
+        from unnest(%(connectors)s::text[], %(cursors)s::text[]) as c(connector, cursor)
+        on conflict (connection_id, connector) do update
+        set cursor = excluded.cursor, last_success_at = excluded.last_success_at,
+            last_error = null, updated_at = excluded.updated_at
+        """,
+        {"id": connection_id, "connectors": list(cursors), "cursors": list(cursors.values()),
+         "now": now},
     )
 
 

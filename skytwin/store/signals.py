@@ -72,15 +72,25 @@ class IngestResult:
 
 
 async def insert_signals(
-    conn: Connection, user_id: int, signals: Sequence[SignalLike]
+    conn: Connection,
+    user_id: int,
+    signals: Sequence[SignalLike],
+    *,
+    connection_id: int | None = None,
 ) -> list[tuple[int, SignalLike]]:
-    """Insert ``signals`` for ``user_id``; return (id, signal) for the ones that were new."""
+    """Insert ``signals`` for ``user_id``; return (id, signal) for the ones that were new.
+
+    ``connection_id`` names the connected account they came from (None for the
+    ingest API), so an approved action later acts on the right mailbox.
+    """
     if not signals:
         return []
     cur = await conn.execute(
         """
-        insert into signals (user_id, source, type, external_id, occurred_at, data)
-        select %(user_id)s, s.source, s.type, s.external_id, s.occurred_at, s.data
+        insert into signals
+            (user_id, connection_id, source, type, external_id, occurred_at, data)
+        select %(user_id)s, %(connection_id)s, s.source, s.type, s.external_id,
+               s.occurred_at, s.data
         from unnest(%(sources)s::text[], %(types)s::text[], %(ids)s::text[],
                     %(times)s::timestamptz[], %(datas)s::jsonb[])
              as s(source, type, external_id, occurred_at, data)
@@ -89,6 +99,7 @@ async def insert_signals(
         """,
         {
             "user_id": user_id,
+            "connection_id": connection_id,
             "sources": [s.source for s in signals],
             "types": [s.type for s in signals],
             "ids": [s.external_id for s in signals],
@@ -115,10 +126,11 @@ async def ingest_signals(
     signals: Sequence[SignalLike],
     *,
     now: datetime | None = None,
+    connection_id: int | None = None,
 ) -> IngestResult:
     """Insert signals and decide on the new ones; run inside the caller's transaction."""
     now = now or datetime.now(UTC)
-    new = await insert_signals(conn, user_id, signals)
+    new = await insert_signals(conn, user_id, signals, connection_id=connection_id)
     counts = {"decisions": 0, "approvals": 0, "executions": 0}
     if new:
         settings = await user_settings(conn, user_id)
@@ -215,8 +227,9 @@ async def _decide(
         )
         return "approvals"
     await conn.execute(
-        "insert into executions (decision_id, user_id, action, params) values (%s, %s, %s, %s)",
-        (row["id"], user_id, proposal.action, Jsonb(proposal.params)),
+        "insert into executions (decision_id, user_id, action, params, not_before) "
+        "values (%s, %s, %s, %s, %s)",
+        (row["id"], user_id, proposal.action, Jsonb(proposal.params), now),
     )
     return "executions"
 

@@ -67,3 +67,17 @@ async def transaction(
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"database connection lost: {exc}") from exc
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def one_statement(pool: Pool, fn: Callable[[Connection], Awaitable[T]]) -> T:
+    """Run ``fn(conn)``, which sends exactly one statement, without BEGIN and COMMIT.
+
+    One statement is atomic on its own, so an explicit transaction would only add
+    two round trips. Errors translate as in ``transaction``: a connection lost
+    mid-statement is DatabaseUnavailable (the outcome is unknown; never retried).
+    """
+    try:
+        async with pool.connection() as conn:
+            return await fn(conn)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"database connection lost: {exc}") from exc

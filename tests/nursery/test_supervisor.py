@@ -474,6 +474,31 @@ async def test_shutdown_in_reverse_order_with_grace_then_cancel(
         await sup.start_child("late", polite(log, "late"))
 
 
+async def test_parallel_shutdown_asks_everyone_at_once_in_reverse_order(
+    autojump_clock: trio.testing.MockClock, events: Recorder
+) -> None:
+    log = Log()
+    sup = Supervisor("s", shutdown_grace_s=5, parallel_shutdown=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await sup.start_child("a", polite(log, "a"))
+        await sup.start_child("b", stubborn(log, "b"), shutdown_grace_s=3)
+        await sup.start_child("c", polite(log, "c"))
+        await sup.start_child("d", stubborn(log, "d"))
+        await trio.sleep(10)
+        await sup.shutdown()
+        # One grace period in all, not the sum of them.
+        assert trio.current_time() == 15.0
+    stops = sorted((t, n, w) for n, w, t in log.entries if w != "start")
+    assert stops == [
+        (10.0, "a", "stop"),
+        (10.0, "c", "stop"),
+        (13.0, "b", "cancelled"),
+        (15.0, "d", "cancelled"),
+    ]
+    assert all(c.state is ChildState.STOPPED for c in sup.snapshot().children)
+
+
 async def test_outside_cancellation_is_a_hard_stop(autojump_clock: trio.testing.MockClock) -> None:
     log = Log()
     sup = Supervisor("s")

@@ -130,7 +130,9 @@ async def pipeline_rig(
                     rng=random.Random(seed),
                     now=virtual_now,
                 )
-                supervisor = Supervisor("users", rng=random.Random(seed), **supervisor_options)
+                # As in skytwin/app.py: users are independent peers, stopped all at once.
+                options = {"parallel_shutdown": True, **supervisor_options}
+                supervisor = Supervisor("users", rng=random.Random(seed), **options)
                 rig = PipelineRig(
                     world, pool, google, poller, supervisor, cipher, transitions=transitions
                 )

@@ -78,8 +78,7 @@ async def running_skytwin(database_url: str, tmp_path: Path) -> AsyncIterator[Se
     """
     world = World(seed=5)
     stop_fake = trio.Event()
-    # run(shutdown=event) fails on `shutdown or trio.Event()` (a trio.Event refuses
-    # bool()), so the block's end cancels SkyTwin instead of asking it to stop.
+    # The block's end cancels SkyTwin (a hard stop) rather than asking it to stop.
     stop_skytwin = trio.CancelScope()
     skytwin_done = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -192,6 +191,30 @@ async def test_approving_answers_200_with_the_execution_succeeded(
         assert [r.status for r in world.requests(MODIFY)] == [200]
         row = await execution_row(service.pool, execution["id"])
         assert row["status"] == "succeeded" and row["attempted_at"] is not None
+
+
+async def test_an_action_acts_on_the_account_its_signal_came_from(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with running_skytwin(database_url, tmp_path) as service:
+        world = service.world
+        user_id, token = await service.new_user("ann@example.com")
+        # Ann's second Google account; the newsletter lands there, not in the first.
+        refresh_token = world.add_account("ann.work@example.com")
+        async with service.pool.connection() as conn:
+            await upsert_connection(
+                conn, service.cipher, user_id, "ann.work@example.com",
+                StoredTokens(refresh_token),
+            )
+        message_id = world.add_message(
+            "ann.work@example.com", sender=NEWS_FROM, subject="Weekly newsletter"
+        )
+        approval = await pending_approval(service, token, "gmail.archive")
+        response = await approve(service, token, approval["id"])
+        assert response.status_code == 200, response.text
+        assert response.json()["execution"]["status"] == "succeeded"
+        assert "INBOX" not in labels(world, "ann.work@example.com", message_id)
+        assert [r.account for r in world.requests(MODIFY)] == ["ann.work@example.com"]
 
 
 async def test_a_protected_sender_is_refused_with_a_clear_error_and_no_call_to_google(

@@ -10,7 +10,6 @@ import random
 from functools import partial
 from pathlib import Path
 
-import pytest
 import trio
 from trio.testing import MockClock
 
@@ -149,12 +148,6 @@ async def test_an_idle_account_stops_at_once(
         remove_hook()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Supervisor._stop_all stops children one after another (reverse start order, "
-    "each with its grace): an idle account is only asked to stop once the busy one's "
-    "grace has run out, and starts a new cycle meanwhile",
-)
 async def test_an_idle_account_stops_at_once_while_another_cycle_is_in_flight(
     clock: MockClock, world: World, database_url: str, tmp_path: Path
 ) -> None:

@@ -693,12 +693,15 @@ async def test_one_connection_lock_is_held_for_the_whole_query(shared_pool: Pool
     async with pool.connection() as conn:
         first_sent = trio.Event()
 
+        async def slow_query() -> None:
+            await conn.execute("select pg_sleep(0.05)")
+            order.append("slow done")  # no checkpoint between the lock's release and this
+
         async def slow() -> None:
             async with trio.open_nursery() as inner:
-                inner.start_soon(conn.execute, "select pg_sleep(0.05)")
+                inner.start_soon(slow_query)
                 await trio.testing.wait_all_tasks_blocked()
                 first_sent.set()
-            order.append("slow done")
 
         async def fast() -> None:
             await first_sent.wait()
