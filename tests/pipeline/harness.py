@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,3 +154,17 @@ async def pipeline_rig(
     finally:
         remove_hook()
         await pool.close()
+
+
+async def until(predicate: Callable[[], object], *, within: float, step: float = 1.0) -> float:
+    """Poll ``predicate`` on virtual time; return how long it took; fail past ``within``.
+
+    ``within`` is inclusive: a predicate that turns true exactly at the bound passes.
+    """
+    started = trio.current_time()
+    with trio.fail_after(within + step):
+        while not predicate():  # noqa: ASYNC110 - virtual time: a poll with a deadline
+            await trio.sleep(step)
+    elapsed = trio.current_time() - started
+    assert elapsed <= within, f"took {elapsed:g} s, more than {within:g} s"
+    return elapsed

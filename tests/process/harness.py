@@ -82,7 +82,9 @@ class SkyTwinProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"did not exit within {timeout} s; log:\n{''.join(self.lines)}") from None
+            raise AssertionError(
+                f"did not exit within {timeout} s; log:\n{''.join(self.lines)}"
+            ) from None
 
     def stop(self) -> None:
         """Make sure the process is gone (test cleanup)."""

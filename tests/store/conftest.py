@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import tempfile
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ import pytest
 import trio
 
 from skytwin.store import Pool
-from tests.pgtools import start_disposable
 from tests.conftest import PgServer
+from tests.pgtools import start_disposable
 
 PROCESS_DEADLINE_S = 15.0
 POLL_INTERVAL_S = 0.005

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from functools import partial
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import httpx

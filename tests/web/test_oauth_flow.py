@@ -1,4 +1,4 @@
-"""Connecting an account over real HTTP: PKCE code flow, single-use expiring state, tokens at rest."""
+"""Connecting an account over HTTP: PKCE code flow, single-use expiring state, tokens at rest."""
 
 from __future__ import annotations
 
