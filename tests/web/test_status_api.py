@@ -91,12 +91,29 @@ async def test_a_healthy_account_shows_its_poll_task_breaker_and_connectors(api:
                for c in account["connectors"])
 
 
+async def test_a_permanent_error_is_shown_but_does_not_open_the_breaker(api: Api) -> None:
+    user_id, token = await api.new_user(EMAIL)
+    world = newsletter_world()
+    # A non-retryable 400 on every Gmail call: not an outage, so polling is not paused.
+    plan = world.faults("gmail", EMAIL)
+    plan.down_until, plan.down_status = math.inf, 400
+    async with live_pipeline(api, world) as live:
+        await live.connect(user_id, EMAIL)
+        body = await eventually(
+            api, token, lambda b: b["accounts"][0]["polling"]["cycles_failed"] >= 5
+        )
+    [account] = body["accounts"]
+    assert account["breaker"]["state"] == "closed"
+    assert "400" in account["polling"]["last_error"]
+
+
 async def test_an_open_breaker_shows_when_it_will_probe(api: Api) -> None:
     user_id, token = await api.new_user(EMAIL)
     world = newsletter_world()
-    # Gmail answers every request with a non-retryable 400: each cycle fails fast.
+    # Gmail is down: every request gets a 503 with "Retry-After: 0", so each cycle
+    # spends its retries at once and fails fast (an outage, which the breaker counts).
     plan = world.faults("gmail", EMAIL)
-    plan.down_until, plan.down_status = math.inf, 400
+    plan.down_until, plan.down_status, plan.down_retry_after = math.inf, 503, "0"
     async with live_pipeline(api, world) as live:
         await live.connect(user_id, EMAIL)
         body = await eventually(api, token, lambda b: b["accounts"][0]["breaker"] is not None
@@ -106,17 +123,17 @@ async def test_an_open_breaker_shows_when_it_will_probe(api: Api) -> None:
     [account] = body["accounts"]
     breaker = account["breaker"]
     assert breaker["open_count"] == 1
-    assert "400" in breaker["last_error"]
+    assert "503" in breaker["last_error"]
     # The poller's breaker stays open 300 s: its probe is five minutes out, on the wall clock.
     probe_at = parse(breaker["next_probe_at"])
     assert opened_seen_at + timedelta(seconds=290) < probe_at <= opened_seen_at + timedelta(
         seconds=301
     )
     assert account["polling"]["cycles_failed"] >= 3
-    assert "400" in account["polling"]["last_error"]
-    assert "400" in account["last_error"]
+    assert "503" in account["polling"]["last_error"]
+    assert "503" in account["last_error"]
     gmail = next(c for c in account["connectors"] if c["connector"] == "gmail")
-    assert gmail["synced"] is False and "400" in gmail["last_error"]
+    assert gmail["synced"] is False and "503" in gmail["last_error"]
     # A failing Google account is not a re-authorization, and its task keeps running.
     assert account["status"] == "active" and account["reconnect_url"] is None
     assert account["supervisor"]["state"] == "running"
