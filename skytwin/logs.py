@@ -63,3 +63,6 @@ def configure_logging(
     root.setLevel(level)
     # Hypercorn's access log is ours to emit (with route and status), not its.
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: 20,000 lines a minute at 10,000 accounts,
+    # and retries, failures and breaker moves already have their own events.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
