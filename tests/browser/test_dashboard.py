@@ -10,9 +10,6 @@ page is saved to ``artifacts/dashboard.png``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +19,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from skytwin.fakegoogle import World
 from tests.process.fake_google import FakeGoogleThread
-from tests.process.harness import SkyTwinProcess, start_skytwin
+from tests.process.harness import SkyTwinProcess, cli, start_skytwin
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -55,18 +52,6 @@ def fake() -> Iterator[FakeGoogleThread]:
         yield thread
     finally:
         thread.stop()
-
-
-def cli(home: Path, env: dict[str, str], *args: str) -> str:
-    """Run a one-shot ``python -m skytwin`` command; return its stdout."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKYTWIN_")}
-    full_env.update({"SKYTWIN_HOME": str(home), **env})
-    result = subprocess.run(
-        [sys.executable, "-m", "skytwin", *args],
-        env=full_env, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture

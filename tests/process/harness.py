@@ -144,3 +144,18 @@ def pids_with_cmdline(fragment: str) -> list[int]:
         if fragment in cmdline and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def cli(home: Path, env: Mapping[str, str], *args: str) -> str:
+    """Run a one-shot ``python -m skytwin`` command; return its stdout (fail on non-zero)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKYTWIN_")}
+    full_env.update({"SKYTWIN_HOME": str(home), **env})
+    result = subprocess.run(
+        [sys.executable, "-m", "skytwin", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +18,7 @@ from skytwin.fakegoogle import World
 from tests.conftest import PgServer
 
 from .fake_google import FakeGoogleThread
-from .harness import start_skytwin, wait_for
+from .harness import cli, start_skytwin, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -51,21 +48,6 @@ def fake() -> Iterator[FakeGoogleThread]:
         yield thread
     finally:
         thread.stop()
-
-
-def cli(home: Path, env: dict[str, str], *args: str) -> str:
-    """Run a one-shot ``python -m skytwin`` command; return its stdout."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKYTWIN_")}
-    full_env.update({"SKYTWIN_HOME": str(home), **env})
-    result = subprocess.run(
-        [sys.executable, "-m", "skytwin", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def connect_accounts(home: Path, env: dict[str, str], fake: FakeGoogleThread) -> None:

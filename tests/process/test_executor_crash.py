@@ -17,10 +17,7 @@ flight, once with the invite's answer (a Calendar patch).
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,7 +32,7 @@ from psycopg.rows import dict_row
 from skytwin.fakegoogle import Fault, World
 
 from .fake_google import FakeGoogleThread
-from .harness import SkyTwinProcess, start_skytwin, wait_for
+from .harness import SkyTwinProcess, cli, start_skytwin, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,21 +64,6 @@ def fake() -> Iterator[FakeGoogleThread]:
         yield thread
     finally:
         thread.stop()
-
-
-def cli(home: Path, env: dict[str, str], *args: str) -> str:
-    """Run a one-shot ``python -m skytwin`` command; return its stdout."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKYTWIN_")}
-    full_env.update({"SKYTWIN_HOME": str(home), **env})
-    result = subprocess.run(
-        [sys.executable, "-m", "skytwin", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 class Rig:
