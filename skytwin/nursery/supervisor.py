@@ -420,6 +420,16 @@ class Supervisor:
         self._request_stop()
         await self._finished.wait()
 
+    @property
+    def running(self) -> bool:
+        """True while the supervisor runs and is not shutting down (cheap: no snapshot)."""
+        return self._nursery is not None and not self._stopping
+
+    @property
+    def escalated(self) -> bool:
+        """True once the supervisor gave up as a whole (cheap: no snapshot)."""
+        return self._escalation is not None
+
     def snapshot(self) -> SupervisorSnapshot:
         """A frozen view of every child: state, restarts, last error, since when."""
         children = tuple(
@@ -437,8 +447,8 @@ class Supervisor:
         return SupervisorSnapshot(
             name=self.name,
             strategy=self._strategy,
-            running=self._nursery is not None and not self._stopping,
-            escalated=self._escalation is not None,
+            running=self.running,
+            escalated=self.escalated,
             given_up_children=tuple(c.name for c in children if c.state is _FAILED),
             children=children,
         )
