@@ -9,6 +9,7 @@ an unknown state is closed).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import psycopg
@@ -177,7 +178,16 @@ class _Lease:
         self._conn = await self._pool._acquire()
         return self._conn
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         conn, self._conn = self._conn, None
         assert conn is not None
         await self._pool._release(conn)
+        # The connection broke under the borrower (server stopped, backend
+        # terminated): every caller sees one store error for "the database is away".
+        if isinstance(exc, psycopg.OperationalError) and conn.broken:
+            raise DatabaseUnavailable(f"database connection lost: {exc}") from exc

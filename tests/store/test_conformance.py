@@ -376,6 +376,17 @@ async def test_terminated_backend_is_discarded(shared_pool: Pool, shared_url: st
     assert pool.stats() == PoolStats(max_size=5, open=1, idle=1, in_use=0, waiting=0)
 
 
+async def test_a_connection_lost_under_a_borrower_is_database_unavailable(
+    shared_pool: Pool,
+) -> None:
+    with pytest.raises(DatabaseUnavailable, match="database connection lost"):
+        async with shared_pool.connection() as conn:
+            await conn.execute("select pg_terminate_backend(pg_backend_pid())")
+    assert shared_pool.stats().in_use == 0
+    async with shared_pool.connection() as conn:
+        assert (await (await conn.execute("select 1 as one")).fetchone()) == {"one": 1}
+
+
 async def test_connection_lost_in_transaction_is_unavailable_not_retried(
     shared_pool: Pool,
 ) -> None:
