@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -32,6 +33,7 @@ from .fakegoogle import GoogleEndpoints, World, serve
 from .pipeline.poller import PollSettings
 from .store import Pool, open_database, users
 from .store.connections import upsert_connection
+from .store.embedded import embedded_postgres
 
 log = structlog.get_logger("skytwin.demo")
 
@@ -181,49 +183,66 @@ async def run_demo(settings: Settings, options: DemoOptions) -> None:
     world = demo_world(options)
     rng = random.Random(options.seed)
     stop_fake = trio.Event()
-    async with trio.open_nursery() as nursery:
-        base_url = await nursery.start(partial(serve, world, shutdown_trigger=stop_fake.wait))
-        endpoints = GoogleEndpoints(base_url)
-        for email in (HEALTHY, FLAKY, DOWN):
-            for _ in range(3):
-                deliver_one(world, email, rng.randint(0, 1), rng)
-        run_settings = demo_settings(settings, endpoints, world, options)
-        poll = PollSettings(
-            interval_s=options.poll_interval_s,
-            cycle_deadline_s=max(30.0, 6 * options.poll_interval_s),
-            breaker_open_s=options.breaker_open_s,
-            breaker_open_max_s=options.breaker_open_max_s,
-        )
-        cipher = TokenCipher(load_or_create_key(run_settings.home, run_settings.secret_key))
+    async with AsyncExitStack() as stack:
+        if settings.database_url is None:
+            # Started once here, for preparing the demo user and for SkyTwin alike.
+            url = await stack.enter_async_context(embedded_postgres(demo_home(settings)))
+            settings = dataclasses.replace(settings, database_url=url)
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await _run_in(nursery, settings, options, world, rng, stop_fake)
 
-        # Connect the demo accounts before SkyTwin starts, so discovery finds them at once.
-        async with open_database(run_settings) as pool:
-            token = await prepare_user(pool, cipher, world)
-        app_done = trio.Event()
 
-        async def skytwin(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await run_app(run_settings, poll=poll, task_status=task_status)
-            finally:
-                app_done.set()
+async def _run_in(
+    nursery: trio.Nursery,
+    settings: Settings,
+    options: DemoOptions,
+    world: World,
+    rng: random.Random,
+    stop_fake: trio.Event,
+) -> None:
+    """Serve the fake Google, prepare the demo user, run SkyTwin until it stops."""
+    base_url = await nursery.start(partial(serve, world, shutdown_trigger=stop_fake.wait))
+    endpoints = GoogleEndpoints(base_url)
+    for email in (HEALTHY, FLAKY, DOWN):
+        for _ in range(3):
+            deliver_one(world, email, rng.randint(0, 1), rng)
+    run_settings = demo_settings(settings, endpoints, world, options)
+    poll = PollSettings(
+        interval_s=options.poll_interval_s,
+        cycle_deadline_s=max(30.0, 6 * options.poll_interval_s),
+        breaker_open_s=options.breaker_open_s,
+        breaker_open_max_s=options.breaker_open_max_s,
+    )
+    cipher = TokenCipher(load_or_create_key(run_settings.home, run_settings.secret_key))
 
-        binds = await nursery.start(skytwin)
-        start_outage(world, options)
-        await nursery.start(generate_mail, world, options, rng)
-        url = binds[0]
-        print(
-            "\nSkyTwin demo is running.\n"
-            f"  Dashboard:     {url}/\n"
-            f"  Sign-in token: {token}\n"
-            f"  Accounts:      {HEALTHY} (healthy),\n"
-            f"                 {FLAKY} (flaky: 429/503 with Retry-After, slow),\n"
-            f"                 {DOWN} (Google down for {options.outage_s:g} s, then back)\n"
-            f"  Metrics:       {url}/metrics\n"
-            "Press Ctrl-C to stop.\n",
-            flush=True,
-        )
-        log.info("skytwin.demo_ready", dashboard=f"{url}/", accounts=[HEALTHY, FLAKY, DOWN])
-        # SkyTwin returns after Ctrl-C/SIGTERM (its own signal handling); then the rest stops.
-        await app_done.wait()
-        stop_fake.set()
-        nursery.cancel_scope.cancel()
+    # Connect the demo accounts before SkyTwin starts, so discovery finds them at once.
+    async with open_database(run_settings) as pool:
+        token = await prepare_user(pool, cipher, world)
+    app_done = trio.Event()
+
+    async def skytwin(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await run_app(run_settings, poll=poll, task_status=task_status)
+        finally:
+            app_done.set()
+
+    binds = await nursery.start(skytwin)
+    start_outage(world, options)
+    await nursery.start(generate_mail, world, options, rng)
+    url = binds[0]
+    print(
+        "\nSkyTwin demo is running.\n"
+        f"  Dashboard:     {url}/\n"
+        f"  Sign-in token: {token}\n"
+        f"  Accounts:      {HEALTHY} (healthy),\n"
+        f"                 {FLAKY} (flaky: 429/503 with Retry-After, slow),\n"
+        f"                 {DOWN} (Google down for {options.outage_s:g} s, then back)\n"
+        f"  Metrics:       {url}/metrics\n"
+        "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+    log.info("skytwin.demo_ready", dashboard=f"{url}/", accounts=[HEALTHY, FLAKY, DOWN])
+    # SkyTwin returns after Ctrl-C/SIGTERM (its own signal handling); then the rest stops.
+    await app_done.wait()
+    stop_fake.set()
+    nursery.cancel_scope.cancel()
