@@ -59,7 +59,8 @@ What is measured, and how:
 Diagnostics and what-ifs (off by default): ``--profile DIR`` runs py-spy on
 the SkyTwin process during the window; ``--census`` counts the objects the
 cyclic collector tracks per user; ``--gc-freeze`` calls ``gc.freeze()`` once
-``app.run`` is up, which the app itself does not do.
+``app.run`` is up, which the app itself does not do; ``--gc-off`` disables the
+cyclic collector instead (to see how much of a latency figure is its pauses).
 """
 
 from __future__ import annotations
@@ -487,6 +488,8 @@ async def _skytwin(pipe: Pipe, options: dict[str, Any]) -> None:
         if len(pollers) != 1:
             raise RuntimeError(f"expected one Poller in the process, found {len(pollers)}")
         poller = pollers[0]
+        if options["gc_off"]:
+            gc.disable()  # what-if: how much of the latency is the cyclic collector's
         if options["gc_freeze"]:
             # What-if (not what app.run does): the poll loops just started live as long as
             # the process, so take them out of every future full collection's walk.
@@ -552,7 +555,11 @@ async def _skytwin(pipe: Pipe, options: dict[str, Any]) -> None:
         gc_window = [
             (gen, pause) for when, gen, pause in gc_pauses if window_pc[0] <= when < window_pc[1]
         ]
+        trio_to_wall = time.time() - trio.current_time()
+        pc_to_wall = time.time() - time.perf_counter()
         census = object_census(options["users"]) if options["census"] else None
+        if census is not None:
+            census["garbage"] = await garbage_census(cycles)
         pipe.send(
             {
                 "kind": "done",
@@ -576,6 +583,17 @@ async def _skytwin(pipe: Pipe, options: dict[str, Any]) -> None:
                 "gc_full_collections": sum(1 for gen, _ in gc_window if gen == 2),
                 "gc_pause_max_ms": rounded(_ms(max((p for _, p in gc_window), default=None)), 1),
                 "gc_pause_total_ms": round(sum(p for _, p in gc_window) * 1000, 1),
+                # For explaining the slowest probes: on the wall clock, the notable ones only.
+                "loop_lags_wall": [
+                    (when + trio_to_wall, lag)
+                    for when, lag in loop_lags
+                    if window_start <= when < window_end and lag >= 0.005
+                ],
+                "gc_pauses_wall": [
+                    (when + pc_to_wall, gen, pause)
+                    for when, gen, pause in gc_pauses
+                    if window_pc[0] <= when < window_pc[1] and pause >= 0.002
+                ],
             }
         )
         stop()
@@ -612,6 +630,61 @@ def object_census(users: int, top: int = 25) -> dict[str, Any]:
         "gc_tracked_per_user": round(sum(counts.values()) / users, 1),
         "top_per_user": {name: round(n / users, 2) for name, n in counts.most_common(top)},
     }
+
+
+async def garbage_census(cycles: CycleLog, seconds: float = 5.0, top: int = 15) -> dict[str, Any]:
+    """Cyclic garbage per poll, by type: what only the collector frees (and so keeps it busy).
+
+    Collects everything, then keeps what the next collection finds (``DEBUG_SAVEALL``)
+    after ``seconds`` of normal running, and divides by the polls in between.
+    """
+    gc.collect()
+    polls_before = len(cycles.started)
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        await trio.sleep(seconds)
+        gc.collect()
+        found = Counter(type(o).__qualname__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    polls = max(1, len(cycles.started) - polls_before)
+    return {
+        "polls": polls,
+        "objects_per_poll": round(sum(found.values()) / polls, 1),
+        "top_per_poll": {name: round(n / polls, 2) for name, n in found.most_common(top)},
+    }
+
+
+def explain_slowest(
+    probes: list[tuple[float, float]],
+    loop_lags: list[tuple[float, float]],
+    gc_pauses: list[tuple[float, int, float]],
+    top: int = 10,
+) -> list[dict[str, Any]]:
+    """The slowest probes, each with what SkyTwin's loop went through meanwhile.
+
+    ``loop_max_ms``: the longest wake-up delay of the 20 ms sleeper inside the probe's
+    span; ``gc_ms``: the collector's pauses overlapping it (by generation).
+    """
+    explained = []
+    for at, ms in sorted(probes, key=lambda probe: probe[1], reverse=True)[:top]:
+        begin = at - ms / 1000
+        lags = [lag for when, lag in loop_lags if begin <= when <= at + 0.05]
+        gcs = [
+            (gen, pause) for end, gen, pause in gc_pauses if end >= begin and end - pause <= at
+        ]
+        explained.append(
+            {
+                "ms": round(ms, 1),
+                "loop_max_ms": round(max(lags, default=0.0) * 1000, 1),
+                "gc_ms": {
+                    str(gen): round(sum(p for g, p in gcs if g == gen) * 1000, 1)
+                    for gen in sorted({g for g, _ in gcs})
+                },
+            }
+        )
+    return explained
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -671,6 +744,10 @@ class LiveProber:
             self.samples.append((time.time(), (time.perf_counter() - started) * 1000, status))
             next_at += PROBE_EVERY_S
             self._stop.wait(max(0.0, next_at - time.perf_counter()))
+
+    def timed_between(self, low: float, high: float) -> list[tuple[float, float]]:
+        """(wall time at the answer, ms) of the successful probes sent in [low, high)."""
+        return [(at, ms) for at, ms, status in self.samples if low <= at < high and status == 200]
 
     def between(self, low: float, high: float) -> list[tuple[float, int]]:
         """(ms, status) of the probes sent in [low, high) (wall time)."""
@@ -746,6 +823,7 @@ def calibrate(server: Any, workdir: Path, secret_key: str, args: argparse.Namesp
         "log_path": str(workdir / "skytwin-0.log"),
         "settle_s": 3.0,
         "gc_freeze": args.gc_freeze,
+        "gc_off": args.gc_off,
         "census": False,
         "warmup_s": 0.0,
         "duration_s": 0.0,
@@ -794,6 +872,7 @@ def run_one(
             "log_path": str(workdir / f"skytwin-{n}.log"),
             "census": args.census,
             "gc_freeze": args.gc_freeze,
+            "gc_off": args.gc_off,
             "warmup_s": args.warmup_s if args.warmup_s is not None else args.interval_s,
             "duration_s": args.duration_s,
         }
@@ -833,6 +912,7 @@ def run_one(
         fake_end = receive(fake_pipe, fake_process, 30)
         prober.stop()
         live = prober.between(window["wall"], done["wall"])
+        live_timed = prober.timed_between(window["wall"], done["wall"])
         if profiler is not None:
             profiler.wait(30)
     finally:
@@ -859,6 +939,7 @@ def run_one(
         "users": n,
         "start": "cold" if args.cold else "warm",
         "gc_freeze": args.gc_freeze,
+        "gc_off": args.gc_off,
         "interval_s": args.interval_s,
         "warmup_s": options["warmup_s"],
         "duration_s": seconds,
@@ -889,6 +970,7 @@ def run_one(
         "live_p99_ms": rounded(percentile(live_ms, 0.99), 2),
         "live_max_ms": rounded(max(live_ms, default=None), 2),
         "live_samples": len(live),
+        "live_slowest": explain_slowest(live_timed, done["loop_lags_wall"], done["gc_pauses_wall"]),
         "live_failures": len(live) - len(live_ms),
         "start_s": started["start_s"],
         "cpu_cores": cpu,
@@ -965,6 +1047,11 @@ def main() -> None:
         "--gc-freeze",
         action="store_true",
         help="what-if: gc.freeze() in SkyTwin once app.run is up (app.run does not)",
+    )
+    parser.add_argument(
+        "--gc-off",
+        action="store_true",
+        help="what-if: gc.disable() in SkyTwin once app.run is up (RSS then grows)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, pgdata)")
     args = parser.parse_args()

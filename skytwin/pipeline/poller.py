@@ -2,8 +2,8 @@
 
 One cycle::
 
-    read cursors ─▶ breaker.permit() ─▶ Gmail ∥ Calendar ─▶ one transaction:
-                                                           signals + decisions + cursors
+    cursors (memory) ─▶ breaker.permit() ─▶ Gmail ∥ Calendar ─▶ one transaction:
+                                                                signals + decisions + cursors
 
 What must stay true:
 
@@ -17,10 +17,17 @@ What must stay true:
   is logged and the cycle simply runs again on schedule.
 * Shutdown: a stop request is honoured between cycles; a cycle in flight when
   the grace runs out is cancelled, and its cursor stays where it was.
+* A quiet cycle costs no database round trip: the account's committed cursors
+  are kept in memory (read from the database only when unknown: at the first
+  cycle, or after a commit that may or may not have landed), and cursors that
+  did not move are written only every ``cursor_save_every_s``, to keep their
+  ``last_success_at`` fresh. Re-reading an older cursor is always safe: its
+  signals come again and are duplicates, which are no-ops.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 from collections.abc import Callable
@@ -59,6 +66,7 @@ class PollSettings:
     breaker_open_s: float = 300.0
     breaker_open_max_s: float = 1200.0
     gmail_window_days: int = 7
+    cursor_save_every_s: float = 600.0  # unchanged cursors: their last_success_at heartbeat
 
 
 @dataclass
@@ -77,6 +85,12 @@ class AccountStatus:
     needs_reauth: bool = False
     last_cycle_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The cursors as last committed (None: unknown, read them from the database).
+    cursors: dict[str, str | None] | None = None
+    cursors_saved_at: float = -math.inf  # start (trio time) of the last cycle that wrote them
+    # Each connector's last successful sync in this process (the database's may lag
+    # by up to cursor_save_every_s).
+    connector_success_at: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,8 +187,11 @@ class Poller:
         result = "failed"
         try:
             with trio.fail_after(self.settings.cycle_deadline_s):
-                async with self.pool.connection() as conn:
-                    cursors = await store_connections.get_cursors(conn, account.connection_id)
+                cursors = status.cursors
+                if cursors is None:
+                    async with self.pool.connection() as conn:
+                        cursors = await store_connections.get_cursors(conn, account.connection_id)
+                    status.cursors = cursors
                 fetched = Fetched()
                 try:
                     async with status.breaker.permit():
@@ -188,7 +205,7 @@ class Poller:
                     await self._failed(account, status, exc, fetched)
                 finally:
                     if fetched.cursors:
-                        await self.commit(account, status, fetched)
+                        await self.commit(account, status, fetched, cursors, started=started)
         except trio.TooSlowError:
             result = "timeout"
             self._note_error(
@@ -253,9 +270,25 @@ class Poller:
             nursery.start_soon(calendar)
         return fetched
 
-    async def commit(self, account: Account, status: AccountStatus, fetched: Fetched) -> None:
-        """Store the signals and advance the cursors in one transaction."""
+    async def commit(
+        self,
+        account: Account,
+        status: AccountStatus,
+        fetched: Fetched,
+        previous: dict[str, str | None],
+        *,
+        started: float,
+    ) -> None:
+        """Store the signals and advance the cursors in one transaction.
+
+        ``previous`` are the cursors the fetch started from and ``started`` the
+        cycle's start (trio time). Until this commit is known to have landed, the
+        account's cursors count as unknown.
+        """
         now = self.now()
+        moved = any(previous.get(name) != cursor for name, cursor in fetched.cursors.items())
+        heartbeat_due = started - status.cursors_saved_at >= self.settings.cursor_save_every_s
+        status.cursors = None
 
         async def save_cursors(conn: Connection) -> None:
             await store_connections.save_cursors(
@@ -270,13 +303,21 @@ class Poller:
             await save_cursors(conn)
             return result.new_keys
 
+        saved = True
         if fetched.signals:
             new_keys = await transaction(self.pool, store)
-        else:
+        elif moved or heartbeat_due:
             # No signal to store with them: saving the cursors is one statement, atomic
-            # on its own, so the usual quiet cycle skips the BEGIN and COMMIT round trips.
+            # on its own, so a quiet cycle skips the BEGIN and COMMIT round trips.
             await one_statement(self.pool, save_cursors)
             new_keys = []
+        else:
+            saved, new_keys = False, []  # nothing moved: the usual quiet cycle
+        status.cursors = {**previous, **fetched.cursors}
+        if saved:
+            status.cursors_saved_at = started
+        for name in fetched.cursors:
+            status.connector_success_at[name] = now
         new = len(new_keys)
         status.signals_new += new
         for source, count in _count_by_source(new_keys).items():

@@ -139,11 +139,13 @@ def _polling_json(status: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | 
     return breaker, polling
 
 
-def _connector_json(cursor: CursorState) -> dict[str, Any]:
+def _connector_json(cursor: CursorState, status: Any) -> dict[str, Any]:
+    # The database's last success lags by up to the poller's cursor_save_every_s.
+    in_memory = status.connector_success_at.get(cursor.connector) if status else None
     return {
         "connector": cursor.connector,
         "synced": cursor.cursor is not None,  # the cursor itself stays private
-        "last_success_at": _iso(cursor.last_success_at),
+        "last_success_at": _iso(_latest(cursor.last_success_at, in_memory)),
         "last_error": _error(cursor.last_error),
         "last_error_at": _iso(cursor.last_error_at),
     }
@@ -193,7 +195,7 @@ def account_json(
         "supervisor": _supervisor_json(child),
         "breaker": breaker,
         "polling": polling,
-        "connectors": [_connector_json(c) for c in cursors],
+        "connectors": [_connector_json(c, status) for c in cursors],
     }
 
 
