@@ -32,6 +32,40 @@ _RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 _MAX_MESSAGE_CHARS = 200
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: Google's APIs need no cookie."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Ignore ``Set-Cookie``."""
+
+    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
+        """Keep nothing."""
+
+
+class CookielessClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that never stores or sends a cookie.
+
+    One client serves every user: a cookie Google set in one account's answer
+    must never ride along on another account's request. It also saves the work
+    httpx does per response to look for cookies.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("cookies"):
+            raise ValueError("this client keeps no cookies")
+        super().__init__(**kwargs)
+        self._cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """Always empty."""
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, value: Any) -> None:
+        raise ValueError("this client keeps no cookies")
+
+
 def make_google_client(
     *,
     connect_s: float = 5.0,
@@ -44,7 +78,7 @@ def make_google_client(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient for Google with explicit timeouts and pool limits (close it when done)."""
-    return httpx.AsyncClient(
+    return CookielessClient(
         timeout=httpx.Timeout(connect=connect_s, read=read_s, write=write_s, pool=pool_s),
         limits=httpx.Limits(
             max_connections=max_connections,

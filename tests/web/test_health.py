@@ -7,12 +7,14 @@ import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from skytwin.config import Settings
+from skytwin.metrics import Metrics
 from skytwin.store import Pool
 from skytwin.web import CheckResult, WebState, create_app, serve_web
 
@@ -133,3 +135,33 @@ async def test_errors_are_json_never_html(serve_state, database_url, tmp_path) -
     assert wrong_method.status_code == 405
     assert "error" in wrong_method.json()
     await pool.close()
+
+
+async def test_the_live_fast_path_answers_as_the_quart_route_does(
+    serve_state, database_url, tmp_path
+) -> None:
+    """Over Hypercorn, GET/HEAD /api/health/live skip Quart; the answer must not change."""
+    metrics = Metrics()
+    state = WebState(make_settings(tmp_path, database_url), Pool(database_url), metrics=metrics)
+    app = create_app(state)
+    quart = await app.test_client().get("/api/health/live")
+    base = await serve_state(state)
+    async with httpx.AsyncClient(base_url=base) as client:
+        fast = await client.get("/api/health/live")
+        head = await client.head("/api/health/live")
+        with_body = await client.request("GET", "/api/health/live", content=b"x")
+    assert fast.status_code == head.status_code == with_body.status_code == 200
+    assert fast.content == await quart.get_data() == with_body.content
+    assert head.content == b""
+
+    def comparable(headers: Any) -> dict[str, str]:
+        skip = {"date", "server", "content-length"}
+        return {k.lower(): v for k, v in headers.items() if k.lower() not in skip}
+
+    assert comparable(fast.headers) == comparable(quart.headers) == comparable(with_body.headers)
+    assert fast.headers["content-length"] == str(len(fast.content))
+    # Counted like any other answer. GET three times: the test client's and the one with
+    # a body went through Quart, one took the fast path; HEAD once.
+    rendered = metrics.render().decode()
+    assert 'method="GET",route="/api/health/live",status="200"} 3.0' in rendered
+    assert 'method="HEAD",route="/api/health/live",status="200"} 1.0' in rendered
