@@ -60,7 +60,10 @@ Diagnostics and what-ifs (off by default): ``--profile DIR`` runs py-spy on
 the SkyTwin process during the window; ``--census`` counts the objects the
 cyclic collector tracks per user; ``--gc-freeze`` calls ``gc.freeze()`` once
 ``app.run`` is up, which the app itself does not do; ``--gc-off`` disables the
-cyclic collector instead (to see how much of a latency figure is its pauses).
+cyclic collector instead (to see how much of a latency figure is its pauses);
+``--gc-threshold0 N`` sets the youngest generation's threshold (default 700).
+``live_slowest`` lists the slowest probes, each with the longest loop stall and
+the collector's pauses during it.
 """
 
 from __future__ import annotations
@@ -488,6 +491,8 @@ async def _skytwin(pipe: Pipe, options: dict[str, Any]) -> None:
         if len(pollers) != 1:
             raise RuntimeError(f"expected one Poller in the process, found {len(pollers)}")
         poller = pollers[0]
+        if options.get("gc_threshold0"):
+            gc.set_threshold(options["gc_threshold0"], *gc.get_threshold()[1:])
         if options["gc_off"]:
             gc.disable()  # what-if: how much of the latency is the cyclic collector's
         if options["gc_freeze"]:
@@ -583,6 +588,7 @@ async def _skytwin(pipe: Pipe, options: dict[str, Any]) -> None:
                 "gc_full_collections": sum(1 for gen, _ in gc_window if gen == 2),
                 "gc_pause_max_ms": rounded(_ms(max((p for _, p in gc_window), default=None)), 1),
                 "gc_pause_total_ms": round(sum(p for _, p in gc_window) * 1000, 1),
+                "gc_threshold": list(gc.get_threshold()),
                 # For explaining the slowest probes: on the wall clock, the notable ones only.
                 "loop_lags_wall": [
                     (when + trio_to_wall, lag)
@@ -873,6 +879,7 @@ def run_one(
             "census": args.census,
             "gc_freeze": args.gc_freeze,
             "gc_off": args.gc_off,
+            "gc_threshold0": args.gc_threshold0,
             "warmup_s": args.warmup_s if args.warmup_s is not None else args.interval_s,
             "duration_s": args.duration_s,
         }
@@ -958,6 +965,7 @@ def run_one(
         **({"census": done["census"]} if done["census"] else {}),
         "gc_pause_max_ms": done["gc_pause_max_ms"],
         "gc_pause_total_ms": done["gc_pause_total_ms"],
+        "gc_threshold": done["gc_threshold"],
         "rss_per_user_kb": round(
             (done["rss_end_kb"] - done["rss_before_kb"] - overhead_kb) / n, 2
         ),
@@ -1052,6 +1060,11 @@ def main() -> None:
         "--gc-off",
         action="store_true",
         help="what-if: gc.disable() in SkyTwin once app.run is up (RSS then grows)",
+    )
+    parser.add_argument(
+        "--gc-threshold0",
+        type=int,
+        help="what-if: gc.set_threshold(N, ...) in SkyTwin once app.run is up",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, pgdata)")
     args = parser.parse_args()
