@@ -30,6 +30,8 @@ What is measured, and how:
   window shows the sustained rate. ``--cold`` is the first-ever start instead:
   a token refresh and a full sync per account, which at 10,000 accounts
   queues behind the Gmail rate limit (``GoogleLimits.rate_per_s``) for minutes.
+  First syncs are admitted ``PollSettings.first_sync_concurrency`` at a time;
+  ``--first-sync-concurrency 1000000`` shows a start without that admission.
 * ``cycle_lag``: ``started - next_due`` per cycle, from a hook on the app's
   ``Poller.cycle_hooks``. At hook time ``AccountStatus.next_due`` still holds
   the due time of the cycle that just ran. ``app.run`` does not hand out its
@@ -463,7 +465,7 @@ def skytwin_main(pipe: Pipe, options: dict[str, Any]) -> None:
 async def _skytwin(pipe: Pipe, options: dict[str, Any]) -> None:
     from skytwin.app import run
     from skytwin.config import Settings
-    from skytwin.pipeline.poller import Poller
+    from skytwin.pipeline.poller import Poller, PollSettings
 
     settings = Settings.from_env(options["env"])
     # (perf_counter at the end, generation, seconds); collections may run outside trio.run.
@@ -484,7 +486,13 @@ async def _skytwin(pipe: Pipe, options: dict[str, Any]) -> None:
         launched = trio.current_time()
         # No shutdown event is passed: app.run stops the way production stops it, on
         # SIGTERM (its own watch_signals task), which stop() below sends to this process.
-        binds = await nursery.start(run, settings)
+        poll = None
+        if options.get("first_sync_concurrency"):
+            poll = PollSettings(
+                interval_s=settings.poll_interval_s,
+                first_sync_concurrency=options["first_sync_concurrency"],
+            )
+        binds = await nursery.start(partial(run, settings, poll=poll))
         t0 = trio.current_time()
         rss_started = rss_kb()
         pollers = [p for p in gc.get_referrers(Poller) if isinstance(p, Poller)]
@@ -880,6 +888,7 @@ def run_one(
             "gc_freeze": args.gc_freeze,
             "gc_off": args.gc_off,
             "gc_threshold0": args.gc_threshold0,
+            "first_sync_concurrency": args.first_sync_concurrency,
             "warmup_s": args.warmup_s if args.warmup_s is not None else args.interval_s,
             "duration_s": args.duration_s,
         }
@@ -947,6 +956,7 @@ def run_one(
         "start": "cold" if args.cold else "warm",
         "gc_freeze": args.gc_freeze,
         "gc_off": args.gc_off,
+        "first_sync_concurrency": args.first_sync_concurrency,
         "interval_s": args.interval_s,
         "warmup_s": options["warmup_s"],
         "duration_s": seconds,
@@ -1065,6 +1075,11 @@ def main() -> None:
         "--gc-threshold0",
         type=int,
         help="what-if: gc.set_threshold(N, ...) in SkyTwin once app.run is up",
+    )
+    parser.add_argument(
+        "--first-sync-concurrency",
+        type=int,
+        help="what-if: PollSettings.first_sync_concurrency (default 32; huge = no admission)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, pgdata)")
     args = parser.parse_args()

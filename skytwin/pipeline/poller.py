@@ -23,10 +23,14 @@ What must stay true:
   did not move are written only every ``cursor_save_every_s``, to keep their
   ``last_success_at`` fresh. Re-reading an older cursor is always safe: its
   signals come again and are duplicates, which are no-ops.
+* First syncs (an account never synced) are admitted ``first_sync_concurrency``
+  at a time, before their cycle deadline starts: a first start with thousands of
+  accounts queues at the door instead of timing out inside the rate limits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -67,6 +71,7 @@ class PollSettings:
     breaker_open_max_s: float = 1200.0
     gmail_window_days: int = 7
     cursor_save_every_s: float = 600.0  # unchanged cursors: their last_success_at heartbeat
+    first_sync_concurrency: int = 32  # accounts never synced, syncing at once
 
 
 @dataclass
@@ -127,6 +132,7 @@ class Poller:
         self.signal_hooks: list[Callable[[str, int], None]] = []
         # Kept across child restarts: a crash must not reset an account's breaker.
         self.statuses: dict[int, AccountStatus] = {}
+        self.first_syncs = trio.CapacityLimiter(settings.first_sync_concurrency)
 
     def status_for(self, account: Account) -> AccountStatus:
         """The account's status record, created on first use."""
@@ -192,20 +198,27 @@ class Poller:
                     async with self.pool.connection() as conn:
                         cursors = await store_connections.get_cursors(conn, account.connection_id)
                     status.cursors = cursors
-                fetched = Fetched()
-                try:
-                    async with status.breaker.permit():
-                        fetched = await self.fetch(account, cursors)
-                        if fetched.errors:
-                            raise next(iter(fetched.errors.values()))
-                except CircuitOpenError:
-                    result = "skipped"
-                    return result
-                except ConnectorError as exc:
-                    await self._failed(account, status, exc, fetched)
-                finally:
-                    if fetched.cursors:
-                        await self.commit(account, status, fetched, cursors, started=started)
+            # A first sync fetches a whole window, several calls per connector. At most
+            # first_sync_concurrency run at once, and an account waits for its turn
+            # before its deadline starts: a crowd of new accounts (a first start) queues
+            # here, instead of timing out behind the rate limits and wasting its calls.
+            first_sync = None in cursors.values()
+            async with self.first_syncs if first_sync else contextlib.nullcontext():
+                with trio.fail_after(self.settings.cycle_deadline_s):
+                    fetched = Fetched()
+                    try:
+                        async with status.breaker.permit():
+                            fetched = await self.fetch(account, cursors)
+                            if fetched.errors:
+                                raise next(iter(fetched.errors.values()))
+                    except CircuitOpenError:
+                        result = "skipped"
+                        return result
+                    except ConnectorError as exc:
+                        await self._failed(account, status, exc, fetched)
+                    finally:
+                        if fetched.cursors:
+                            await self.commit(account, status, fetched, cursors, started=started)
         except trio.TooSlowError:
             result = "timeout"
             self._note_error(

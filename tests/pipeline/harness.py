@@ -18,7 +18,7 @@ from skytwin.connectors.oauth import StoredTokens
 from skytwin.crypto import TokenCipher
 from skytwin.fakegoogle import World
 from skytwin.nursery import BreakerTransition, Supervisor, add_hook
-from skytwin.pipeline.google import Google, open_google
+from skytwin.pipeline.google import Google, GoogleLimits, open_google
 from skytwin.pipeline.poller import Poller, PollSettings
 from skytwin.store import Pool, users
 from skytwin.store.connections import Account, PgTokenRepository, upsert_connection
@@ -101,6 +101,7 @@ async def pipeline_rig(
     tmp_path: Path,
     *,
     settings: PollSettings | None = None,
+    limits: GoogleLimits | None = None,
     seed: int = 7,
     **supervisor_options: Any,
 ) -> AsyncIterator[PipelineRig]:
@@ -122,7 +123,8 @@ async def pipeline_rig(
             app_settings = dataclasses.replace(
                 base, google_client_id=world.client_id, google_client_secret=world.client_secret
             )
-            async with open_google(app_settings, PgTokenRepository(pool, cipher)) as google:
+            repository = PgTokenRepository(pool, cipher)
+            async with open_google(app_settings, repository, limits=limits) as google:
                 poller = Poller(
                     pool,
                     google,
