@@ -50,6 +50,9 @@ _STATE_VALUE = {
 }
 
 
+_GOOGLE_SOURCES = frozenset({"gmail", "calendar"})
+
+
 class Metrics:
     """Every SkyTwin metric, in its own registry."""
 
@@ -135,9 +138,13 @@ class Metrics:
             self.poll_seconds.observe(duration)
 
     def on_signals(self, source: str, count: int) -> None:
-        """New signals stored (by the poller or the ingest API)."""
+        """New signals stored (by the poller or the ingest API).
+
+        Producers name their own sources: any but Google's counts as ``other``, so
+        the label set stays bounded.
+        """
         if count:
-            self.signals.labels(source).inc(count)
+            self.signals.labels(source if source in _GOOGLE_SOURCES else "other").inc(count)
 
     def on_request(self, method: str, route: str, status: int) -> None:
         """The web app's after-request hook."""

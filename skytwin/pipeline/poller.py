@@ -362,15 +362,14 @@ class Poller:
                         account.connection_id,
                         connector,
                         describe_error(error),
-                        now=datetime.now(UTC),
+                        now=self.now(),
                     )
         except StoreError:
             pass  # the status record in memory still has it
 
-    @staticmethod
-    def _note_error(status: AccountStatus, message: str) -> None:
+    def _note_error(self, status: AccountStatus, message: str) -> None:
         status.last_error = message
-        status.last_error_at = datetime.now(UTC)
+        status.last_error_at = self.now()
 
 
 def _count_by_source(new_keys: list[tuple[str, str]]) -> dict[str, int]:

@@ -121,7 +121,10 @@ async def ingest() -> Response:
         outcome = await _outcome(conn, user_id, signal.source, signal.external_id)
         return bool(result.new_signal_ids), outcome
 
-    created, outcome = await transaction(current_state().pool, store)
+    state = current_state()
+    created, outcome = await transaction(state.pool, store)
+    if created and state.metrics is not None:
+        state.metrics.on_signals(signal.source, 1)
     response = jsonify({**outcome, "duplicate": not created})
     response.status_code = 201 if created else 200
     return response

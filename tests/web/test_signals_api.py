@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import trio
 
+from skytwin.metrics import Metrics
+
 from .conftest import Api
 
 INVITE = {
@@ -152,3 +154,18 @@ async def test_signals_are_the_callers_own_newest_first_and_paginated(api: Api) 
         "limit": "must be between 1 and 500"
     }
     assert bad_cursor.status_code == 400
+
+
+async def test_new_ingested_signals_are_counted_once_with_a_bounded_source_label(
+    api: Api,
+) -> None:
+    api.state.metrics = Metrics()
+    _, token = await api.new_user("ann@example.com")
+    async with api.client(token) as client:
+        for payload in (INVITE, INVITE, {**INVITE, "source": "zapier", "id": "z-1"}):
+            response = await client.post("/api/events/ingest", json=payload)
+            assert response.status_code in (200, 201)
+    rendered = api.state.metrics.render().decode()
+    assert 'skytwin_signals_ingested_total{source="gmail"} 1.0' in rendered
+    assert 'skytwin_signals_ingested_total{source="other"} 1.0' in rendered
+    assert "zapier" not in rendered
