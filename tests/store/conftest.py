@@ -29,8 +29,8 @@ import pytest
 import trio
 
 from skytwin.store import Pool
+from skytwin.store.embedded import start_throwaway
 from tests.conftest import PgServer
-from tests.pgtools import start_disposable
 
 PROCESS_DEADLINE_S = 15.0
 POLL_INTERVAL_S = 0.005
@@ -156,7 +156,7 @@ def _dedicated_server() -> Iterator[DedicatedServer]:
     # checkout, another run) chmods its root back to 0700, and then the server,
     # running as its own system user, can no longer reach pgdata.
     home = Path(tempfile.mkdtemp(prefix="skytwin-test-pg-"))
-    dedicated = DedicatedServer(start_disposable(home / "pgdata"), home / "pgdata")
+    dedicated = DedicatedServer(start_throwaway(home / "pgdata"), home / "pgdata")
     try:
         yield dedicated
     finally:
