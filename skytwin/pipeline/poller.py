@@ -301,6 +301,7 @@ class Poller:
         now = self.now()
         moved = any(previous.get(name) != cursor for name, cursor in fetched.cursors.items())
         heartbeat_due = started - status.cursors_saved_at >= self.settings.cursor_save_every_s
+        write_cursors = bool(fetched.signals) or moved or heartbeat_due
         status.cursors = None
 
         async def save_cursors(conn: Connection) -> None:
@@ -316,18 +317,16 @@ class Poller:
             await save_cursors(conn)
             return result.new_keys
 
-        saved = True
+        new_keys: list[tuple[str, str]] = []
         if fetched.signals:
             new_keys = await transaction(self.pool, store)
-        elif moved or heartbeat_due:
+        elif write_cursors:
             # No signal to store with them: saving the cursors is one statement, atomic
             # on its own, so a quiet cycle skips the BEGIN and COMMIT round trips.
             await one_statement(self.pool, save_cursors)
-            new_keys = []
-        else:
-            saved, new_keys = False, []  # nothing moved: the usual quiet cycle
+        # (Otherwise nothing moved: the usual quiet cycle writes nothing.)
         status.cursors = {**previous, **fetched.cursors}
-        if saved:
+        if write_cursors:
             status.cursors_saved_at = started
         for name in fetched.cursors:
             status.connector_success_at[name] = now

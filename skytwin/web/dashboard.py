@@ -38,11 +38,15 @@ async def index() -> Response:
     return response
 
 
+# Headers on every answer (web/serve.py's liveness fast path sends them too).
+EVERY_ANSWER_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
 @blueprint.after_app_request
 async def security_headers(response: Response) -> Response:
     """Every answer: no sniffing, no framing, no referrer; pages get the CSP."""
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    for name, value in EVERY_ANSWER_HEADERS.items():
+        response.headers.setdefault(name, value)
     if response.mimetype == "text/html":
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers.setdefault("X-Frame-Options", "DENY")

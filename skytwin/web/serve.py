@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +20,8 @@ from hypercorn.typing import (
 from quart_trio import QuartTrio
 
 from ..config import Settings
+from .dashboard import EVERY_ANSWER_HEADERS
+from .health import LIVE_BODY, LIVE_PATH
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -35,18 +36,12 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-LIVE_PATH = "/api/health/live"
-# Byte for byte what the Quart route (web/health.py) answers.
-LIVE_BODY = b"%s\n" % json.dumps(
-    {"status": "ok", "service": "skytwin"}, separators=(",", ":"), sort_keys=True
-).encode()
 _LIVE_HEADERS = [
     (b"content-type", b"application/json"),
     (b"content-length", str(len(LIVE_BODY)).encode()),
-    # As web/dashboard.py's security_headers adds to every answer.
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    *((name.lower().encode(), value.encode()) for name, value in EVERY_ANSWER_HEADERS.items()),
 ]
+
 
 def liveness_first(app: QuartTrio) -> ASGIFramework:
     """``app`` behind an ASGI fast path for ``GET``/``HEAD /api/health/live``.
