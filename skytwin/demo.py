@@ -161,14 +161,8 @@ def demo_settings(
 ) -> Settings:
     """The run settings pointed at the fake Google, under ``SKYTWIN_HOME/demo``."""
     return dataclasses.replace(
-        settings,
+        endpoints.point(settings, world),
         home=demo_home(settings),
-        gmail_api_url=endpoints.gmail_api_url,
-        calendar_api_url=endpoints.calendar_api_url,
-        oauth_token_url=endpoints.oauth_token_url,
-        oauth_auth_url=endpoints.oauth_auth_url,
-        google_client_id=world.client_id,
-        google_client_secret=world.client_secret,
         poll_interval_s=options.poll_interval_s,
     )
 

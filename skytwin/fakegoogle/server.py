@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from skytwin.config import Settings
 from skytwin.fakegoogle.app import make_app
 from skytwin.fakegoogle.world import World
 
@@ -47,6 +49,18 @@ class GoogleEndpoints:
             "SKYTWIN_OAUTH_TOKEN_URL": self.oauth_token_url,
             "SKYTWIN_OAUTH_AUTH_URL": self.oauth_auth_url,
         }
+
+    def point(self, settings: Settings, world: World) -> Settings:
+        """``settings`` pointed at this fake, with ``world``'s OAuth client credentials."""
+        return dataclasses.replace(
+            settings,
+            gmail_api_url=self.gmail_api_url,
+            calendar_api_url=self.calendar_api_url,
+            oauth_token_url=self.oauth_token_url,
+            oauth_auth_url=self.oauth_auth_url,
+            google_client_id=world.client_id,
+            google_client_secret=world.client_secret,
+        )
 
 
 async def serve(

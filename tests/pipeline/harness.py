@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -119,10 +118,8 @@ async def pipeline_rig(
     remove_hook = add_hook(on_event)
     try:
         async with served(world) as endpoints:
-            base = Settings.from_env({"SKYTWIN_HOME": str(tmp_path), **endpoints.as_env()})
-            app_settings = dataclasses.replace(
-                base, google_client_id=world.client_id, google_client_secret=world.client_secret
-            )
+            base = Settings.from_env({"SKYTWIN_HOME": str(tmp_path)})
+            app_settings = endpoints.point(base, world)
             repository = PgTokenRepository(pool, cipher)
             async with open_google(app_settings, repository, limits=limits) as google:
                 poller = Poller(

@@ -7,7 +7,6 @@ so ``/api/status`` and the OAuth routes see what the running service would.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import secrets
 from collections.abc import AsyncIterator
@@ -59,15 +58,7 @@ async def live_pipeline(
     async with trio.open_nursery() as nursery:
         base_url = await nursery.start(partial(serve, world, shutdown_trigger=stop.wait))
         endpoints = GoogleEndpoints(base_url)
-        settings = dataclasses.replace(
-            api.state.settings,
-            gmail_api_url=endpoints.gmail_api_url,
-            calendar_api_url=endpoints.calendar_api_url,
-            oauth_token_url=endpoints.oauth_token_url,
-            oauth_auth_url=endpoints.oauth_auth_url,
-            google_client_id=world.client_id,
-            google_client_secret=world.client_secret,
-        )
+        settings = endpoints.point(api.state.settings, world)
         cipher = TokenCipher(secrets.token_bytes(32))
         async with open_google(settings, PgTokenRepository(api.pool, cipher)) as google:
             poller = Poller(
