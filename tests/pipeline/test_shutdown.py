@@ -7,6 +7,8 @@ flight (an HTTP request open at Google) when the stop is requested.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -107,9 +109,9 @@ async def test_shutdown_cancels_the_cycle_in_flight_within_the_grace_and_keeps_i
         assert world.calls[(HELD, ann.account_email)] == 0
 
 
-async def test_an_idle_account_stops_at_once(
-    clock: MockClock, world: World, database_url: str, tmp_path: Path
-) -> None:
+@contextmanager
+def users_stopped_at() -> Iterator[dict[str, float]]:
+    """Trio time at which each child of the "users" supervisor stopped, while inside."""
     stopped_at: dict[str, float] = {}
 
     def on_event(event: object) -> None:
@@ -118,6 +120,15 @@ async def test_an_idle_account_stops_at_once(
 
     remove_hook = add_hook(on_event)
     try:
+        yield stopped_at
+    finally:
+        remove_hook()
+
+
+async def test_an_idle_account_stops_at_once(
+    clock: MockClock, world: World, database_url: str, tmp_path: Path
+) -> None:
+    with users_stopped_at() as stopped_at:
         async with pipeline_rig(
             world,
             database_url,
@@ -144,21 +155,12 @@ async def test_an_idle_account_stops_at_once(
             assert stopped_at == {child_name(bob): stopping}
             await trio.sleep(2 * INTERVAL)
             assert [c.result for c in rig.cycles_of(bob)] == ["ok"]
-    finally:
-        remove_hook()
 
 
 async def test_an_idle_account_stops_at_once_while_another_cycle_is_in_flight(
     clock: MockClock, world: World, database_url: str, tmp_path: Path
 ) -> None:
-    stopped_at: dict[str, float] = {}
-
-    def on_event(event: object) -> None:
-        if isinstance(event, ChildStopped) and event.supervisor == "users":
-            stopped_at[event.child] = trio.current_time()
-
-    remove_hook = add_hook(on_event)
-    try:
+    with users_stopped_at() as stopped_at:
         async with pipeline_rig(
             world,
             database_url,
@@ -200,5 +202,3 @@ async def test_an_idle_account_stops_at_once_while_another_cycle_is_in_flight(
             assert len(rig.cycles_of(bob)) == bob_cycles
             assert [c for c in rig.cycles_of(bob) if c.started >= stopping] == []
             assert stopped_at[child_name(bob)] == stopping
-    finally:
-        remove_hook()
